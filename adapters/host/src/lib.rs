@@ -1,0 +1,1 @@
+//! WASM adapter host and the prip serve reverse proxy

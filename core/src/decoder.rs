@@ -1,0 +1,361 @@
+//! The Prompt Decoder D(s|v): a llama LM that receives the pivot, projected into its
+//! embedding width, as prefix embeddings inside a text template, and continues the user's
+//! prompt in system language.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use candle_core::quantized::gguf_file;
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use serde::{Deserialize, Serialize};
+use tokenizers::Tokenizer;
+
+use crate::encoder::{load_tokenizer, read_json, safetensors_vb};
+use crate::lora::LoraSet;
+use crate::models::llama::{KvCache, Llama, LlamaConfig};
+use crate::models::pivot::PivotProjection;
+use crate::nn::OpsMode;
+use crate::sampling::{GenerationConfig, RowSampler};
+use crate::{Error, Result};
+
+/// Text around the pivot slot: `before` <pivot embeddings> `after` + " " + prompt + ",".
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Template {
+    /// Text before the pivot slot.
+    pub before: String,
+    /// Text between the pivot slot and the user's prompt.
+    pub after: String,
+}
+
+impl Default for Template {
+    fn default() -> Self {
+        Self {
+            before: "<pivot>".into(),
+            after: "</pivot> Prompt:".into(),
+        }
+    }
+}
+
+/// The decoder LM with its tokenizer.
+#[derive(Debug, Clone)]
+pub struct DecoderLm {
+    /// The causal LM.
+    pub lm: Llama,
+    /// Its tokenizer.
+    pub tokenizer: Tokenizer,
+    /// Ids that end a generation (EOS and the like).
+    pub stop_ids: HashSet<u32>,
+    /// Ids whose text contains a newline.
+    pub newline_ids: HashSet<u32>,
+    /// Id used for padding and for finished rows.
+    pub pad_id: u32,
+}
+
+impl DecoderLm {
+    /// Loads a GGUF file (tokenizer from a tokenizer.json beside it, else rebuilt from
+    /// the GGUF metadata) or a Hugging Face directory (config.json, model.safetensors,
+    /// tokenizer.json).
+    pub fn load(path: &Path, device: &Device, mode: OpsMode) -> Result<Self> {
+        if path.is_dir() {
+            let cfg: LlamaConfig = read_json(&path.join("config.json"))?;
+            cfg.validate()
+                .map_err(|e| Error::bad_file(path.join("config.json"), e))?;
+            let weights = path.join("model.safetensors");
+            let vb = safetensors_vb(&weights, DType::F32, device)?;
+            let lm = Llama::load(&cfg, vb, mode).map_err(|e| Error::bad_file(&weights, e))?;
+            let tokenizer = load_tokenizer(&path.join("tokenizer.json"))?;
+            let eos = read_json::<serde_json::Value>(&path.join("config.json"))?
+                .get("eos_token_id")
+                .and_then(|v| v.as_u64())
+                .map(|v| v as u32);
+            Self::assemble(lm, tokenizer, eos)
+        } else {
+            let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+            let content =
+                gguf_file::Content::read(&mut file).map_err(|e| Error::bad_file(path, e))?;
+            let lm = Llama::from_gguf(&content, &mut file, device)
+                .map_err(|e| Error::bad_file(path, e))?;
+            let beside = path.with_file_name("tokenizer.json");
+            let tokenizer = if beside.exists() {
+                load_tokenizer(&beside)?
+            } else {
+                crate::gguf_tokenizer::tokenizer_from_gguf(&content)
+                    .map_err(|e| Error::bad_file(path, e))?
+            };
+            let eos = crate::gguf_tokenizer::special_tokens(&content).eos;
+            Self::assemble(lm, tokenizer, eos)
+        }
+    }
+
+    fn assemble(lm: Llama, tokenizer: Tokenizer, eos: Option<u32>) -> Result<Self> {
+        let vocab = tokenizer.get_vocab_size(true);
+        if vocab > lm.config().vocab_size {
+            return Err(Error::Config(format!(
+                "tokenizer has {vocab} tokens, the model only {}",
+                lm.config().vocab_size
+            )));
+        }
+        let mut stop_ids: HashSet<u32> = eos.into_iter().collect();
+        for t in ["<|endoftext|>", "<|im_end|>", "</s>", "<|eot_id|>"] {
+            if let Some(id) = tokenizer.token_to_id(t) {
+                stop_ids.insert(id);
+            }
+        }
+        let newline_ids = (0..vocab as u32)
+            .filter(|&id| {
+                tokenizer
+                    .decode(&[id], false)
+                    .map(|s| s.contains('\n'))
+                    .unwrap_or(false)
+            })
+            .collect();
+        let pad_id = eos.unwrap_or(0);
+        Ok(Self {
+            lm,
+            tokenizer,
+            stop_ids,
+            newline_ids,
+            pad_id,
+        })
+    }
+
+    /// Token ids of `text`, without special tokens.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        Ok(self
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?
+            .get_ids()
+            .to_vec())
+    }
+
+    /// Text of ids, special tokens skipped.
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.tokenizer
+            .decode(ids, true)
+            .map_err(|e| Error::Tokenizer(e.to_string()))
+    }
+}
+
+/// One row of decoder input: text, pivot slot, text.
+#[derive(Debug, Clone)]
+pub struct PrefixRow {
+    /// Ids before the slot.
+    pub before: Vec<u32>,
+    /// Ids after the slot (template tail, the user prompt and its comma).
+    pub after: Vec<u32>,
+}
+
+/// A left-padded batch of decoder inputs.
+#[derive(Debug, Clone)]
+pub struct DecoderBatch {
+    /// (batch, seq, d_model)
+    pub embeds: Tensor,
+    /// (batch, seq) u32 rotary positions, counting from each row's first real token.
+    pub positions: Tensor,
+    /// (batch, seq) u32, 1 for real positions.
+    pub valid: Tensor,
+    /// Per row, the number of real positions.
+    pub lengths: Vec<usize>,
+}
+
+/// D: the LM, the pivot projection and the template.
+#[derive(Debug, Clone)]
+pub struct PromptDecoder {
+    lm: DecoderLm,
+    projection: PivotProjection,
+    template: Template,
+    before_ids: Vec<u32>,
+}
+
+impl PromptDecoder {
+    /// Joins a decoder LM with a projection from `d_pivot`, built from `vb`.
+    pub fn new(lm: DecoderLm, d_pivot: usize, template: Template, vb: VarBuilder) -> Result<Self> {
+        let projection = PivotProjection::load(d_pivot, lm.lm.hidden_size(), vb)?;
+        let before_ids = lm.encode(&template.before)?;
+        Ok(Self {
+            lm,
+            projection,
+            template,
+            before_ids,
+        })
+    }
+
+    /// The LM and tokenizer.
+    pub fn lm(&self) -> &DecoderLm {
+        &self.lm
+    }
+
+    /// Installs one system's adapters (or none).
+    pub fn set_adapter(&mut self, set: Option<&LoraSet>) -> Result<()> {
+        Ok(self.lm.lm.set_loras(set.map(Vec::as_slice))?)
+    }
+
+    /// The template rows for prompts (free text as the model should see it).
+    pub fn rows(&self, prompts: &[&str]) -> Result<Vec<PrefixRow>> {
+        prompts
+            .iter()
+            .map(|p| {
+                let tail = if p.trim().is_empty() {
+                    self.template.after.clone()
+                } else {
+                    format!("{} {},", self.template.after, p.trim())
+                };
+                Ok(PrefixRow {
+                    before: self.before_ids.clone(),
+                    after: self.lm.encode(&tail)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Embeds rows around their pivots (batch, q, d_pivot), left-padded to one length.
+    /// `pivots` of `None` drops the slot (the "decoder without pivot" ablation).
+    pub fn batch(&self, rows: &[PrefixRow], pivots: Option<&Tensor>) -> Result<DecoderBatch> {
+        let dev = self.lm.lm.device().clone();
+        let projected = pivots.map(|p| self.projection.forward(p)).transpose()?;
+        let q = projected
+            .as_ref()
+            .map(|p| p.dim(1))
+            .transpose()?
+            .unwrap_or(0);
+        let lengths: Vec<usize> = rows
+            .iter()
+            .map(|r| r.before.len() + q + r.after.len())
+            .collect();
+        let width = lengths.iter().copied().max().unwrap_or(0);
+        let d = self.lm.lm.hidden_size();
+        let mut embeds = Vec::with_capacity(rows.len());
+        let (mut positions, mut valid) = (Vec::new(), Vec::new());
+        for (i, (r, &len)) in rows.iter().zip(&lengths).enumerate() {
+            let pad = width - len;
+            let mut parts = Vec::new();
+            if pad > 0 {
+                parts.push(Tensor::zeros((pad, d), DType::F32, &dev)?);
+            }
+            parts.push(self.embed_ids(&r.before)?);
+            if let Some(p) = &projected {
+                parts.push(p.get(i)?);
+            }
+            parts.push(self.embed_ids(&r.after)?);
+            embeds.push(Tensor::cat(&parts, 0)?);
+            positions.extend((0..width).map(|j| j.saturating_sub(pad) as u32));
+            valid.extend((0..width).map(|j| u32::from(j >= pad)));
+        }
+        let n = rows.len();
+        Ok(DecoderBatch {
+            embeds: Tensor::stack(&embeds, 0)?,
+            positions: Tensor::from_vec(positions, (n, width), &dev)?,
+            valid: Tensor::from_vec(valid, (n, width), &dev)?,
+            lengths,
+        })
+    }
+
+    fn embed_ids(&self, ids: &[u32]) -> Result<Tensor> {
+        let dev = self.lm.lm.device();
+        if ids.is_empty() {
+            return Ok(Tensor::zeros(
+                (0, self.lm.lm.hidden_size()),
+                DType::F32,
+                dev,
+            )?);
+        }
+        let t = Tensor::new(ids, dev)?.unsqueeze(0)?;
+        Ok(self.lm.lm.embed(&t)?.squeeze(0)?)
+    }
+
+    /// Token ids of banned words, in the spellings the LM may produce them.
+    pub fn banned_sequences(&self, words: &[String]) -> Result<Vec<Vec<u32>>> {
+        let mut out = Vec::new();
+        for w in words.iter().map(|w| w.trim()).filter(|w| !w.is_empty()) {
+            let mut cap = w.to_string();
+            if let Some(f) = cap.get(0..1) {
+                cap.replace_range(0..1, &f.to_uppercase());
+            }
+            for v in [
+                w.to_string(),
+                format!(" {w}"),
+                cap.clone(),
+                format!(" {cap}"),
+            ] {
+                let ids = self.lm.encode(&v)?;
+                if !ids.is_empty() && !out.contains(&ids) {
+                    out.push(ids);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Continues every row of a batch, as one padded batch with a KV cache, until each
+    /// stops (EOS, newline when configured, or `max_new_tokens`). Returns the generated
+    /// ids of each row, without the stop token.
+    pub fn generate(
+        &self,
+        batch: &DecoderBatch,
+        rows: &[PrefixRow],
+        cfg: &GenerationConfig,
+        seeds: &[u64],
+    ) -> Result<Vec<Vec<u32>>> {
+        let n = rows.len();
+        let banned = self.banned_sequences(&cfg.banned_words)?;
+        let mut samplers: Vec<RowSampler> = rows
+            .iter()
+            .zip(seeds)
+            .map(|(r, &s)| RowSampler::new(s, r.after.clone()))
+            .collect();
+        let mut done = vec![cfg.max_new_tokens == 0; n];
+        let mut cache = KvCache::default();
+        let lm = &self.lm.lm;
+        let t0 = std::time::Instant::now();
+        let mut hidden = lm.forward_embeds(
+            &batch.embeds,
+            &batch.positions,
+            &batch.valid,
+            Some(&mut cache),
+        )?;
+        tracing::debug!(
+            "prefill of {:?} took {:?}",
+            batch.embeds.shape(),
+            t0.elapsed()
+        );
+        let mut valid = batch.valid.clone();
+        let mut next_pos: Vec<u32> = batch.lengths.iter().map(|&l| l as u32).collect();
+        for _step in 0..cfg.max_new_tokens {
+            if done.iter().all(|&d| d) {
+                break;
+            }
+            let last = hidden.narrow(1, hidden.dim(1)? - 1, 1)?;
+            let mut logits = lm.logits(&last)?.squeeze(1)?.to_vec2::<f32>()?;
+            let mut step_ids = Vec::with_capacity(n);
+            for (i, row) in logits.iter_mut().enumerate() {
+                if done[i] {
+                    step_ids.push(self.lm.pad_id);
+                    continue;
+                }
+                let tok = samplers[i].next_token(row, cfg, &banned);
+                if self.lm.stop_ids.contains(&tok)
+                    || (cfg.stop_at_newline && self.lm.newline_ids.contains(&tok))
+                {
+                    samplers[i].context.pop();
+                    done[i] = true;
+                } else if samplers[i].generated().len() >= cfg.max_new_tokens {
+                    done[i] = true;
+                }
+                step_ids.push(tok);
+            }
+            if done.iter().all(|&d| d) {
+                break;
+            }
+            let dev = lm.device();
+            let ids = Tensor::from_vec(step_ids, (n, 1), dev)?;
+            let pos = Tensor::from_vec(next_pos.clone(), (n, 1), dev)?;
+            valid = Tensor::cat(&[&valid, &Tensor::ones((n, 1), DType::U32, dev)?], 1)?;
+            hidden = lm.forward_embeds(&lm.embed(&ids)?, &pos, &valid, Some(&mut cache))?;
+            next_pos.iter_mut().for_each(|p| *p += 1);
+        }
+        Ok(samplers.iter().map(|s| s.generated().to_vec()).collect())
+    }
+}

@@ -1,0 +1,452 @@
+//! Llama-architecture causal LM: the Prompt Decoder's backbone.
+//!
+//! Loads from Hugging Face safetensors (config.json field names) or from a GGUF file whose
+//! weights stay quantized. Takes input *embeddings* rather than token ids so the pivot can
+//! be spliced in as prefix embeddings, returns hidden states for every position (training
+//! needs them all) and supports a KV cache with left-padded batches.
+
+use candle_core::quantized::{gguf_file, QMatMul};
+use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_nn::VarBuilder;
+use serde::{Deserialize, Serialize};
+
+use crate::nn::{attention, causal_padding_bias, norm_weight, Linear, Lora, OpsMode, RotaryTable};
+
+/// The llama fields of a Hugging Face config.json.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LlamaConfig {
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Model width.
+    pub hidden_size: usize,
+    /// MLP width.
+    pub intermediate_size: usize,
+    /// Number of transformer blocks.
+    pub num_hidden_layers: usize,
+    /// Query heads.
+    pub num_attention_heads: usize,
+    /// Key/value heads (grouped-query attention); defaults to the query heads.
+    #[serde(default)]
+    pub num_key_value_heads: Option<usize>,
+    /// RMSNorm epsilon.
+    #[serde(default = "default_rms_eps")]
+    pub rms_norm_eps: f64,
+    /// Rotary base.
+    #[serde(default = "default_rope_theta")]
+    pub rope_theta: f64,
+    /// Context length.
+    #[serde(default = "default_max_pos")]
+    pub max_position_embeddings: usize,
+    /// Whether the LM head shares the token embedding matrix.
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+}
+
+fn default_rms_eps() -> f64 {
+    1e-5
+}
+fn default_rope_theta() -> f64 {
+    10_000.0
+}
+fn default_max_pos() -> usize {
+    2048
+}
+
+impl LlamaConfig {
+    /// Key/value head count.
+    pub fn kv_heads(&self) -> usize {
+        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+    }
+
+    /// Width of one head.
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_attention_heads
+    }
+
+    /// Refuses configs whose shapes cannot work, before any tensor is touched.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let h = self.num_attention_heads;
+        if self.hidden_size == 0 || h == 0 || self.num_hidden_layers == 0 || self.vocab_size == 0 {
+            return Err("llama config has a zero dimension".into());
+        }
+        if self.hidden_size % h != 0 || self.head_dim() % 2 != 0 {
+            return Err(format!(
+                "hidden_size {} does not split into {h} heads of even width",
+                self.hidden_size
+            ));
+        }
+        if self.kv_heads() == 0 || h % self.kv_heads() != 0 {
+            return Err(format!(
+                "{h} attention heads do not group over {} kv heads",
+                self.kv_heads()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Names of the projections a LoRA may target, in Hugging Face/PEFT spelling.
+pub const LORA_TARGETS: [&str; 7] = [
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+];
+
+#[derive(Debug, Clone)]
+struct Block {
+    attn_norm: Tensor,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    mlp_norm: Tensor,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+impl Block {
+    fn proj_mut(&mut self, name: &str) -> Option<&mut Linear> {
+        Some(match name {
+            "q_proj" => &mut self.q,
+            "k_proj" => &mut self.k,
+            "v_proj" => &mut self.v,
+            "o_proj" => &mut self.o,
+            "gate_proj" => &mut self.gate,
+            "up_proj" => &mut self.up,
+            "down_proj" => &mut self.down,
+            _ => return None,
+        })
+    }
+}
+
+/// Per-layer key/value cache of one generation.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+}
+
+impl KvCache {
+    /// Number of cached positions.
+    pub fn len(&self) -> usize {
+        self.layers
+            .first()
+            .and_then(|l| l.as_ref())
+            .map(|(k, _)| k.dims()[2])
+            .unwrap_or(0)
+    }
+
+    /// True before the first forward pass.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The decoder LM.
+#[derive(Debug, Clone)]
+pub struct Llama {
+    cfg: LlamaConfig,
+    embed: Tensor,
+    layers: Vec<Block>,
+    norm: Tensor,
+    lm_head: Linear,
+    rotary: RotaryTable,
+    interleaved_rope: bool,
+    mode: OpsMode,
+}
+
+impl Llama {
+    /// Loads Hugging Face weights (`model.embed_tokens`, `model.layers.N...`, `lm_head`).
+    pub fn load(cfg: &LlamaConfig, vb: VarBuilder, mode: OpsMode) -> Result<Self> {
+        cfg.validate().map_err(candle_core::Error::Msg)?;
+        let (d, kvd) = (cfg.hidden_size, cfg.kv_heads() * cfg.head_dim());
+        let m = vb.pp("model");
+        let embed = m.get((cfg.vocab_size, d), "embed_tokens.weight")?;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let l = m.pp(format!("layers.{i}"));
+            let a = l.pp("self_attn");
+            let f = l.pp("mlp");
+            layers.push(Block {
+                attn_norm: norm_weight(&l, d, "input_layernorm.weight")?,
+                q: Linear::load(&a.pp("q_proj"), d, d, false)?,
+                k: Linear::load(&a.pp("k_proj"), d, kvd, false)?,
+                v: Linear::load(&a.pp("v_proj"), d, kvd, false)?,
+                o: Linear::load(&a.pp("o_proj"), d, d, false)?,
+                mlp_norm: norm_weight(&l, d, "post_attention_layernorm.weight")?,
+                gate: Linear::load(&f.pp("gate_proj"), d, cfg.intermediate_size, false)?,
+                up: Linear::load(&f.pp("up_proj"), d, cfg.intermediate_size, false)?,
+                down: Linear::load(&f.pp("down_proj"), cfg.intermediate_size, d, false)?,
+            });
+        }
+        let norm = norm_weight(&m, d, "norm.weight")?;
+        let lm_head = if cfg.tie_word_embeddings {
+            Linear::dense(embed.clone(), None)?
+        } else {
+            Linear::load(&vb.pp("lm_head"), d, cfg.vocab_size, false)?
+        };
+        let rotary = RotaryTable::new(
+            cfg.head_dim(),
+            cfg.rope_theta,
+            cfg.max_position_embeddings,
+            vb.device(),
+        )?;
+        Ok(Self {
+            cfg: cfg.clone(),
+            embed,
+            layers,
+            norm,
+            lm_head,
+            rotary,
+            interleaved_rope: false,
+            mode,
+        })
+    }
+
+    /// Loads a GGUF llama. Matrices stay quantized; norms and the embedding table are
+    /// dequantised (the embedding is a row lookup, not a matmul).
+    pub fn from_gguf<R: std::io::Read + std::io::Seek>(
+        content: &gguf_file::Content,
+        reader: &mut R,
+        device: &Device,
+    ) -> Result<Self> {
+        let cfg = config_from_gguf(content)?;
+        cfg.validate().map_err(candle_core::Error::Msg)?;
+        let mut get = |name: &str| content.tensor(reader, name, device);
+        let qlin = |t: candle_core::quantized::QTensor| -> Result<Linear> {
+            let (o, i) = t.shape().dims2()?;
+            Ok(Linear::quantized(QMatMul::from_qtensor(t)?, o, i))
+        };
+        let embed_q = get("token_embd.weight")?;
+        let (vocab, d) = embed_q.shape().dims2()?;
+        if d != cfg.hidden_size || vocab != cfg.vocab_size {
+            candle_core::bail!(
+                "token_embd is {vocab}x{d}, metadata says {}x{}",
+                cfg.vocab_size,
+                cfg.hidden_size
+            );
+        }
+        let embed = embed_q.dequantize(device)?;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let p = format!("blk.{i}");
+            layers.push(Block {
+                attn_norm: get(&format!("{p}.attn_norm.weight"))?.dequantize(device)?,
+                q: qlin(get(&format!("{p}.attn_q.weight"))?)?,
+                k: qlin(get(&format!("{p}.attn_k.weight"))?)?,
+                v: qlin(get(&format!("{p}.attn_v.weight"))?)?,
+                o: qlin(get(&format!("{p}.attn_output.weight"))?)?,
+                mlp_norm: get(&format!("{p}.ffn_norm.weight"))?.dequantize(device)?,
+                gate: qlin(get(&format!("{p}.ffn_gate.weight"))?)?,
+                up: qlin(get(&format!("{p}.ffn_up.weight"))?)?,
+                down: qlin(get(&format!("{p}.ffn_down.weight"))?)?,
+            });
+        }
+        let norm = get("output_norm.weight")?.dequantize(device)?;
+        let lm_head = match get("output.weight") {
+            Ok(t) => qlin(t)?,
+            // SmolLM2 ties its head to the embedding: reuse the quantized table.
+            Err(_) => qlin(get("token_embd.weight")?)?,
+        };
+        let rotary = RotaryTable::new(
+            cfg.head_dim(),
+            cfg.rope_theta,
+            cfg.max_position_embeddings,
+            device,
+        )?;
+        Ok(Self {
+            cfg,
+            embed,
+            layers,
+            norm,
+            lm_head,
+            rotary,
+            // llama.cpp stores q/k permuted for the interleaved rotary pairing.
+            interleaved_rope: true,
+            mode: OpsMode::Fused,
+        })
+    }
+
+    /// The architecture.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.cfg
+    }
+
+    /// Model width (the width the pivot projection must produce).
+    pub fn hidden_size(&self) -> usize {
+        self.cfg.hidden_size
+    }
+
+    /// The device holding the weights.
+    pub fn device(&self) -> &Device {
+        self.embed.device()
+    }
+
+    /// Embeds token ids (batch, seq) -> (batch, seq, hidden).
+    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        self.embed
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((b, t, self.cfg.hidden_size))
+    }
+
+    /// Installs the LoRA adapters given as (layer, projection name, adapter); `None`
+    /// removes every adapter.
+    pub fn set_loras(&mut self, loras: Option<&[(usize, String, Lora)]>) -> Result<()> {
+        for block in &mut self.layers {
+            for name in LORA_TARGETS {
+                if let Some(p) = block.proj_mut(name) {
+                    p.set_lora(None)?;
+                }
+            }
+        }
+        for (layer, name, lora) in loras.unwrap_or(&[]) {
+            let block = self.layers.get_mut(*layer).ok_or_else(|| {
+                candle_core::Error::Msg(format!("LoRA for layer {layer}, model has fewer"))
+            })?;
+            block
+                .proj_mut(name)
+                .ok_or_else(|| candle_core::Error::Msg(format!("unknown LoRA target {name}")))?
+                .set_lora(Some(lora.clone()))?;
+        }
+        Ok(())
+    }
+
+    /// Runs the blocks over input embeddings (batch, seq, hidden).
+    ///
+    /// `positions` (batch, seq) are rotary positions (each row counts from its first real
+    /// token, so left padding does not shift them); `key_valid` (batch, cached + seq) marks
+    /// real tokens with 1. Returns final-normed hidden states (batch, seq, hidden).
+    pub fn forward_embeds(
+        &self,
+        embeds: &Tensor,
+        positions: &Tensor,
+        key_valid: &Tensor,
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let (b, t, _) = embeds.dims3()?;
+        let past = cache.as_ref().map(|c| c.len()).unwrap_or(0);
+        if past + t > self.rotary.max_len() {
+            candle_core::bail!(
+                "sequence of {} tokens exceeds the context of {}",
+                past + t,
+                self.rotary.max_len()
+            );
+        }
+        let (cos, sin) = self.rotary.gather(positions, embeds.dtype())?;
+        let bias = causal_padding_bias(key_valid, t, embeds.dtype())?;
+        if let Some(c) = cache.as_deref_mut() {
+            c.layers.resize(self.layers.len(), None);
+        }
+        let (h, kvh, hd) = (
+            self.cfg.num_attention_heads,
+            self.cfg.kv_heads(),
+            self.cfg.head_dim(),
+        );
+        let mut x = embeds.clone();
+        for (i, blk) in self.layers.iter().enumerate() {
+            let res = x.clone();
+            let xn = self
+                .mode
+                .rms_norm(&x, &blk.attn_norm, self.cfg.rms_norm_eps)?;
+            let q = blk
+                .q
+                .forward(&xn)?
+                .reshape((b, t, h, hd))?
+                .transpose(1, 2)?;
+            let k = blk
+                .k
+                .forward(&xn)?
+                .reshape((b, t, kvh, hd))?
+                .transpose(1, 2)?;
+            let v = blk
+                .v
+                .forward(&xn)?
+                .reshape((b, t, kvh, hd))?
+                .transpose(1, 2)?;
+            let q = self.mode.rope(&q, &cos, &sin, self.interleaved_rope)?;
+            let mut k = self.mode.rope(&k, &cos, &sin, self.interleaved_rope)?;
+            let mut v = v.contiguous()?;
+            if let Some(c) = cache.as_deref_mut() {
+                if let Some((pk, pv)) = &c.layers[i] {
+                    k = Tensor::cat(&[pk, &k], 2)?;
+                    v = Tensor::cat(&[pv, &v], 2)?;
+                }
+                c.layers[i] = Some((k.clone(), v.clone()));
+            }
+            let (k, v) = (repeat_kv(&k, h / kvh)?, repeat_kv(&v, h / kvh)?);
+            let y = attention(&q, &k, &v, Some(&bias), 1.0 / (hd as f64).sqrt(), self.mode)?;
+            let y = y.transpose(1, 2)?.reshape((b, t, h * hd))?;
+            x = (res + blk.o.forward(&y)?)?;
+            let res = x.clone();
+            let xn = self
+                .mode
+                .rms_norm(&x, &blk.mlp_norm, self.cfg.rms_norm_eps)?;
+            let mlp = (candle_nn::ops::silu(&blk.gate.forward(&xn)?)? * blk.up.forward(&xn)?)?;
+            x = (res + blk.down.forward(&mlp)?)?;
+        }
+        self.mode.rms_norm(&x, &self.norm, self.cfg.rms_norm_eps)
+    }
+
+    /// Vocabulary logits of hidden states (..., hidden) -> (..., vocab), in f32.
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.lm_head.forward(hidden)?.to_dtype(DType::F32)
+    }
+}
+
+fn repeat_kv(x: &Tensor, n: usize) -> Result<Tensor> {
+    if n == 1 {
+        return Ok(x.clone());
+    }
+    let (b, kvh, t, hd) = x.dims4()?;
+    x.unsqueeze(2)?
+        .broadcast_as((b, kvh, n, t, hd))?
+        .reshape((b, kvh * n, t, hd))
+}
+
+/// Reads a llama architecture from GGUF metadata (`llama.*` keys).
+pub fn config_from_gguf(content: &gguf_file::Content) -> Result<LlamaConfig> {
+    let md = &content.metadata;
+    let arch = md
+        .get("general.architecture")
+        .and_then(|v| v.to_string().ok())
+        .cloned()
+        .unwrap_or_else(|| "llama".into());
+    if arch != "llama" {
+        candle_core::bail!("GGUF architecture {arch:?} is not llama");
+    }
+    let get = |k: &str| {
+        md.get(&format!("llama.{k}"))
+            .ok_or_else(|| candle_core::Error::Msg(format!("GGUF metadata lacks llama.{k}")))
+    };
+    let u = |k: &str| -> Result<usize> { Ok(get(k)?.to_u32()? as usize) };
+    let heads = u("attention.head_count")?;
+    let vocab_size = match md.get("llama.vocab_size") {
+        Some(v) => v.to_u32()? as usize,
+        None => content
+            .tensor_infos
+            .get("token_embd.weight")
+            .map(|t| t.shape.dims()[0])
+            .ok_or_else(|| candle_core::Error::Msg("GGUF has no token_embd.weight".into()))?,
+    };
+    Ok(LlamaConfig {
+        vocab_size,
+        hidden_size: u("embedding_length")?,
+        intermediate_size: u("feed_forward_length")?,
+        num_hidden_layers: u("block_count")?,
+        num_attention_heads: heads,
+        num_key_value_heads: Some(u("attention.head_count_kv").unwrap_or(heads)),
+        rms_norm_eps: get("attention.layer_norm_rms_epsilon")?.to_f32()? as f64,
+        rope_theta: md
+            .get("llama.rope.freq_base")
+            .map(|v| v.to_f32())
+            .transpose()?
+            .unwrap_or(10_000.0) as f64,
+        max_position_embeddings: u("context_length").unwrap_or(2048),
+        tie_word_embeddings: !content.tensor_infos.contains_key("output.weight"),
+    })
+}

@@ -1,0 +1,6 @@
+//! Model definitions, one file per architecture; config structs mirror config.json.
+
+pub mod bert;
+pub mod llama;
+pub mod pivot;
+pub mod t5;

@@ -1,0 +1,1 @@
+//! Stable C ABI over prip-core

@@ -1,0 +1,63 @@
+//! `prip`: the PRIP prompt refiner on the command line.
+
+mod config;
+mod models_cmd;
+mod refine_cmd;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Refine plain image prompts into keyword-rich system language (PRIP, ACL 2024).
+#[derive(Debug, Parser)]
+#[command(name = "prip", version, about)]
+struct Cli {
+    /// Config file (default: $PRIP_HOME/prip.toml when it exists).
+    #[arg(long, global = true, env = "PRIP_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Refine prompts given as arguments, or one per line on stdin.
+    Refine(refine_cmd::RefineArgs),
+    /// Manage the packaged base models.
+    Models {
+        #[command(subcommand)]
+        command: models_cmd::ModelsCommand,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PRIP_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = config::Config::load(cli.config.as_deref()).and_then(|cfg| match cli.command {
+        Command::Refine(args) => refine_cmd::run(args, &cfg),
+        Command::Models { command } => models_cmd::run(command),
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("prip: {}", one_line(&format!("{e:#}")));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Error chains can carry backtraces or multi-line causes; the CLI promises one line.
+pub(crate) fn one_line(s: &str) -> String {
+    s.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}

@@ -1,0 +1,1 @@
+//! PRIP trainer: warm-up, per-system adaptation, PPO, evaluation
