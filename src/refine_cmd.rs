@@ -32,10 +32,10 @@ pub struct RefineArgs {
     #[arg(long)]
     pub max_new_tokens: Option<usize>,
     /// Sampling temperature; 0 is greedy.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub temperature: Option<f64>,
     /// Nucleus sampling mass.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub top_p: Option<f64>,
     /// auto, cpu or cuda:N.
     #[arg(long)]

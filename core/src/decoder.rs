@@ -75,7 +75,7 @@ impl DecoderLm {
             let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
             let content =
                 gguf_file::Content::read(&mut file).map_err(|e| Error::bad_file(path, e))?;
-            let lm = Llama::from_gguf(&content, &mut file, device)
+            let lm = Llama::from_gguf(&content, &mut file, device, mode)
                 .map_err(|e| Error::bad_file(path, e))?;
             let beside = path.with_file_name("tokenizer.json");
             let tokenizer = if beside.exists() {

@@ -99,7 +99,13 @@ impl TextEncoder {
                 ))
             }
         };
-        let tokenizer = load_tokenizer(&dir.join("tokenizer.json"))?;
+        let mut tokenizer = load_tokenizer(&dir.join("tokenizer.json"))?;
+        // sentence-transformers exports pad every input to a fixed 128 tokens; padding
+        // and truncation are done here, with an explicit mask, instead.
+        tokenizer.with_padding(None);
+        tokenizer
+            .with_truncation(None)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
         Ok(Self {
             backbone,
             tokenizer,

@@ -146,6 +146,13 @@ impl RotaryTable {
     }
 }
 
+/// Initialisation of matrices and embedding tables created from a VarMap (candle's
+/// default hint is zero, which would leave a fresh model unable to learn).
+pub const WEIGHT_INIT: candle_nn::Init = candle_nn::Init::Randn {
+    mean: 0.0,
+    stdev: 0.02,
+};
+
 /// The weight of a linear layer: a plain tensor (trainable or not) or a quantized GGUF
 /// tensor that stays quantized at inference.
 #[derive(Debug, Clone)]
@@ -215,9 +222,10 @@ impl Linear {
         out_dim: usize,
         bias: bool,
     ) -> Result<Self> {
-        let w = vb.get((out_dim, in_dim), "weight")?;
+        // A VarMap builder initialises instead of loading: small normal weights, zero bias.
+        let w = vb.get_with_hints((out_dim, in_dim), "weight", WEIGHT_INIT)?;
         let b = if bias {
-            Some(vb.get(out_dim, "bias")?)
+            Some(vb.get_with_hints(out_dim, "bias", candle_nn::Init::Const(0.0))?)
         } else {
             None
         };

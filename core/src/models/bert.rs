@@ -5,7 +5,7 @@ use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
-use crate::nn::{attention, gelu, norm_weight, padding_bias, Linear, OpsMode};
+use crate::nn::{attention, gelu, norm_weight, padding_bias, Linear, OpsMode, WEIGHT_INIT};
 
 /// The BERT fields of a Hugging Face config.json.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -131,12 +131,16 @@ impl Bert {
         }
         Ok(Self {
             cfg: cfg.clone(),
-            word: e.get((cfg.vocab_size, d), "word_embeddings.weight")?,
+            word: e.get_with_hints((cfg.vocab_size, d), "word_embeddings.weight", WEIGHT_INIT)?,
             position: e.get(
                 (cfg.max_position_embeddings, d),
                 "position_embeddings.weight",
             )?,
-            token_type: e.get((cfg.type_vocab_size, d), "token_type_embeddings.weight")?,
+            token_type: e.get_with_hints(
+                (cfg.type_vocab_size, d),
+                "token_type_embeddings.weight",
+                WEIGHT_INIT,
+            )?,
             emb_norm: Norm::load(&e.pp("LayerNorm"), d)?,
             layers,
             mode,

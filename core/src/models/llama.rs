@@ -10,7 +10,9 @@ use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
-use crate::nn::{attention, causal_padding_bias, norm_weight, Linear, Lora, OpsMode, RotaryTable};
+use crate::nn::{
+    attention, causal_padding_bias, norm_weight, Linear, Lora, OpsMode, RotaryTable, WEIGHT_INIT,
+};
 
 /// The llama fields of a Hugging Face config.json.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -165,7 +167,7 @@ impl Llama {
         cfg.validate().map_err(candle_core::Error::Msg)?;
         let (d, kvd) = (cfg.hidden_size, cfg.kv_heads() * cfg.head_dim());
         let m = vb.pp("model");
-        let embed = m.get((cfg.vocab_size, d), "embed_tokens.weight")?;
+        let embed = m.get_with_hints((cfg.vocab_size, d), "embed_tokens.weight", WEIGHT_INIT)?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             let l = m.pp(format!("layers.{i}"));
@@ -207,19 +209,25 @@ impl Llama {
         })
     }
 
-    /// Loads a GGUF llama. Matrices stay quantized; norms and the embedding table are
-    /// dequantised (the embedding is a row lookup, not a matmul).
+    /// Loads a GGUF llama. For inference ([`OpsMode::Fused`]) matrices stay quantized;
+    /// norms and the embedding table are dequantised (the embedding is a row lookup).
     pub fn from_gguf<R: std::io::Read + std::io::Seek>(
         content: &gguf_file::Content,
         reader: &mut R,
         device: &Device,
+        mode: OpsMode,
     ) -> Result<Self> {
         let cfg = config_from_gguf(content)?;
         cfg.validate().map_err(candle_core::Error::Msg)?;
         let mut get = |name: &str| content.tensor(reader, name, device);
         let qlin = |t: candle_core::quantized::QTensor| -> Result<Linear> {
             let (o, i) = t.shape().dims2()?;
-            Ok(Linear::quantized(QMatMul::from_qtensor(t)?, o, i))
+            match mode {
+                OpsMode::Fused => Ok(Linear::quantized(QMatMul::from_qtensor(t)?, o, i)),
+                // Quantized matmuls pass no gradient to their input, which would cut
+                // every adapter below them off from the loss: training runs dense.
+                OpsMode::Differentiable => Linear::dense(t.dequantize(device)?, None),
+            }
         };
         let embed_q = get("token_embd.weight")?;
         let (vocab, d) = embed_q.shape().dims2()?;
@@ -267,7 +275,7 @@ impl Llama {
             rotary,
             // llama.cpp stores q/k permuted for the interleaved rotary pairing.
             interleaved_rope: true,
-            mode: OpsMode::Fused,
+            mode,
         })
     }
 

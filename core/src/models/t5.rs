@@ -4,7 +4,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
-use crate::nn::{attention, norm_weight, padding_bias, Linear, OpsMode};
+use crate::nn::{attention, norm_weight, padding_bias, Linear, OpsMode, WEIGHT_INIT};
 
 /// The T5 fields of a Hugging Face config.json.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -96,13 +96,19 @@ impl T5Encoder {
     pub fn load(cfg: &T5Config, vb: VarBuilder, mode: OpsMode) -> Result<Self> {
         let ff = cfg.feed_forward().map_err(candle_core::Error::Msg)?;
         let (d, inner) = (cfg.d_model, cfg.num_heads * cfg.d_kv);
-        let embed = vb
-            .get((cfg.vocab_size, d), "shared.weight")
-            .or_else(|_| vb.get((cfg.vocab_size, d), "encoder.embed_tokens.weight"))?;
+        let name = if vb.contains_tensor("encoder.embed_tokens.weight")
+            && !vb.contains_tensor("shared.weight")
+        {
+            "encoder.embed_tokens.weight"
+        } else {
+            "shared.weight"
+        };
+        let embed = vb.get_with_hints((cfg.vocab_size, d), name, WEIGHT_INIT)?;
         let e = vb.pp("encoder");
-        let rel_bias = e.get(
+        let rel_bias = e.get_with_hints(
             (cfg.relative_attention_num_buckets, cfg.num_heads),
             "block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+            WEIGHT_INIT,
         )?;
         let mut layers = Vec::with_capacity(cfg.num_layers);
         for i in 0..cfg.num_layers {

@@ -509,6 +509,7 @@ proptest! {
             prop_assert_eq!(phrase.trim(), phrase.as_str());
             prop_assert!(!phrase.contains(['(', ')', '[', ']', '<', '>', ':', '|', '{', '}', '\\', '#', '$', '\n', '\r', ',']), "syntax char in {phrase:?}");
             prop_assert!(!phrase.contains("__"));
+            prop_assert!(!phrase.contains(|c: char| c.is_control() || c == char::REPLACEMENT_CHARACTER), "noise char in {phrase:?}");
             // No keyword, comment or other syntax survives: one plain span.
             prop_assert_eq!(spans(phrase), vec![('T', phrase.as_str())]);
             let key = PhraseKey::new(phrase);
