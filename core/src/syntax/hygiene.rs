@@ -198,7 +198,9 @@ fn scrub(raw: &str) -> String {
     let mut spaced = String::with_capacity(raw.len());
     let mut chars = raw.chars().peekable();
     while let Some(c) = chars.next() {
-        if SYNTAX_CHARS.contains(&c) {
+        // Control characters (a sampled NUL, say) and U+FFFD (a multi-byte character
+        // cut by the token limit or sampled in pieces) are noise, never detail text.
+        if SYNTAX_CHARS.contains(&c) || c.is_control() || c == char::REPLACEMENT_CHARACTER {
             spaced.push(' ');
         } else if c == '_' && chars.peek() == Some(&'_') {
             while chars.peek() == Some(&'_') {
@@ -323,6 +325,19 @@ mod unit {
                 "wild bokeh",
                 "lora x 1"
             ]
+        );
+    }
+
+    #[test]
+    fn control_characters_and_replacement_characters_are_dropped() {
+        let h = Hygiene::default();
+        assert_eq!(
+            clean(
+                &h,
+                "a cat",
+                "magical\0\u{6}ity re\u{FFFD}drawing\u{FFFD}, \u{7f}\u{85}"
+            ),
+            ["magical ity re drawing"]
         );
     }
 
