@@ -7,10 +7,20 @@ use prip_core::{RefineRequest, Refiner, RefinerOptions};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let prompts: Vec<String> = std::env::args().skip(1).collect();
-    let prompts = if prompts.is_empty() { vec!["a little cat running in the woods".to_string()] } else { prompts };
+    let prompts = if prompts.is_empty() {
+        vec!["a little cat running in the woods".to_string()]
+    } else {
+        prompts
+    };
     let mut refiner = Refiner::open(&RefinerOptions::default())?;
-    let requests: Vec<RefineRequest> =
-        prompts.into_iter().map(|p| RefineRequest { prompt: p, seed: Some(7), system: None }).collect();
+    let requests: Vec<RefineRequest> = prompts
+        .into_iter()
+        .map(|p| RefineRequest {
+            prompt: p,
+            seed: Some(7),
+            system: None,
+        })
+        .collect();
     for result in refiner.refine(&requests) {
         match result {
             Ok(r) => println!("{}", r.refined),

@@ -152,7 +152,7 @@ impl TextEncoder {
             ids.extend(
                 r.iter()
                     .copied()
-                    .chain(std::iter::repeat(0).take(width - r.len())),
+                    .chain(std::iter::repeat_n(0, width - r.len())),
             );
             mask.extend((0..width).map(|i| u32::from(i < r.len())));
         }

@@ -20,9 +20,14 @@ const REFERENCE: &str = include_str!("../testdata/smollm2_reference_ids.json");
 fn asset(name: &str) -> PathBuf {
     // Fetch once per process even though tests run on several threads.
     static LOCK: OnceLock<std::sync::Mutex<()>> = OnceLock::new();
-    let _guard = LOCK.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    let _guard = LOCK
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     let store = ModelStore::from_env().expect("model store");
-    store.fetch(name, false).unwrap_or_else(|e| panic!("fetching {name} through the model store: {e}"))
+    store
+        .fetch(name, false)
+        .unwrap_or_else(|e| panic!("fetching {name} through the model store: {e}"))
 }
 
 fn smollm2() -> Content {
@@ -31,7 +36,11 @@ fn smollm2() -> Content {
 }
 
 fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 #[test]
@@ -46,7 +55,11 @@ fn smollm2_tokenizer_rebuilt_from_gguf_matches_reference_ids() {
         for case in cases {
             let text = case["text"].as_str().unwrap();
             let want = ids(&case["ids"]);
-            assert_eq!(tok.encode(text, false).unwrap().get_ids(), want.as_slice(), "{text:?}");
+            assert_eq!(
+                tok.encode(text, false).unwrap().get_ids(),
+                want.as_slice(),
+                "{text:?}"
+            );
             assert_eq!(tok.decode(&want, false).unwrap(), text);
         }
     }
@@ -57,31 +70,56 @@ fn smollm2_tokenizer_rebuilt_from_gguf_matches_reference_ids() {
 #[test]
 fn minilm_ranks_kitten_closer_to_cat_than_tax_records() {
     let enc = TextEncoder::load(&asset("minilm-l6"), &Device::Cpu, OpsMode::Fused).unwrap();
-    let e = enc.sentence_embeddings(&["cat", "kitten", "tax records"]).unwrap();
+    let e = enc
+        .sentence_embeddings(&["cat", "kitten", "tax records"])
+        .unwrap();
     let e = e.to_vec2::<f32>().unwrap();
     let cos = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
     let (kitten, tax) = (cos(&e[0], &e[1]), cos(&e[0], &e[2]));
     // sentence-transformers gives about 0.79 and 0.1 for these pairs.
     eprintln!("cat/kitten {kitten:.3}, cat/tax records {tax:.3}");
-    assert!(kitten > 0.6 && tax < 0.4, "cat/kitten {kitten} vs cat/tax records {tax}");
+    assert!(
+        kitten > 0.6 && tax < 0.4,
+        "cat/kitten {kitten} vs cat/tax records {tax}"
+    );
 }
 
 #[test]
 fn default_refiner_keeps_the_prompt_and_is_reproducible() {
     asset("smollm2-135m");
     asset("minilm-l6");
-    let mut r = Refiner::open(&RefinerOptions { device: "cpu".parse().unwrap(), ..Default::default() }).unwrap();
+    let mut r = Refiner::open(&RefinerOptions {
+        device: "cpu".parse().unwrap(),
+        ..Default::default()
+    })
+    .unwrap();
     let prompt = "a (red:1.2) fox <lora:x:0.8> BREAK in a forest";
-    let req = || vec![RefineRequest { prompt: prompt.into(), seed: Some(7), system: None }, RefineRequest::new("")];
+    let req = || {
+        vec![
+            RefineRequest {
+                prompt: prompt.into(),
+                seed: Some(7),
+                system: None,
+            },
+            RefineRequest::new(""),
+        ]
+    };
     let first = r.refine(&req());
     let a = first[0].as_ref().unwrap();
     assert!(a.refined.starts_with(prompt), "{}", a.refined);
     assert_eq!(a.seed, 7);
     assert_eq!(a.model, "default");
-    assert!(first[1].as_ref().unwrap_err().to_string().contains("empty prompt"));
+    assert!(first[1]
+        .as_ref()
+        .unwrap_err()
+        .to_string()
+        .contains("empty prompt"));
     let again = r.refine(&req());
     assert_eq!(again[0].as_ref().unwrap().refined, a.refined);
     for d in &a.details {
-        assert!(!d.chars().any(|c| "()[]<>:|{}\\".contains(c)), "syntax in {d:?}");
+        assert!(
+            !d.chars().any(|c| "()[]<>:|{}\\".contains(c)),
+            "syntax in {d:?}"
+        );
     }
 }

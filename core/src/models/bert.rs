@@ -46,7 +46,9 @@ fn default_act() -> String {
 impl BertConfig {
     /// Refuses configs whose shapes cannot work.
     pub fn validate(&self) -> std::result::Result<(), String> {
-        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+        if self.num_attention_heads == 0
+            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
+        {
             return Err(format!(
                 "hidden_size {} does not split into {} heads",
                 self.hidden_size, self.num_attention_heads

@@ -71,13 +71,13 @@ impl LlamaConfig {
         if self.hidden_size == 0 || h == 0 || self.num_hidden_layers == 0 || self.vocab_size == 0 {
             return Err("llama config has a zero dimension".into());
         }
-        if self.hidden_size % h != 0 || self.head_dim() % 2 != 0 {
+        if !self.hidden_size.is_multiple_of(h) || !self.head_dim().is_multiple_of(2) {
             return Err(format!(
                 "hidden_size {} does not split into {h} heads of even width",
                 self.hidden_size
             ));
         }
-        if self.kv_heads() == 0 || h % self.kv_heads() != 0 {
+        if self.kv_heads() == 0 || !h.is_multiple_of(self.kv_heads()) {
             return Err(format!(
                 "{h} attention heads do not group over {} kv heads",
                 self.kv_heads()

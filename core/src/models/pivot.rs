@@ -70,7 +70,7 @@ impl PivotConfig {
         if self.num_queries == 0 || self.n_layers == 0 || self.mlp_ratio == 0 {
             return Err("pivot config has a zero dimension".into());
         }
-        if self.n_heads == 0 || d % self.n_heads != 0 {
+        if self.n_heads == 0 || !d.is_multiple_of(self.n_heads) {
             return Err(format!(
                 "d_pivot {d} does not split into {} heads",
                 self.n_heads
