@@ -1,6 +1,5 @@
 //! Model-level tests on tiny random models written in the real formats inside each test.
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, Var, D};
@@ -496,6 +495,4 @@ fn bad_shapes_are_errors_not_panics() {
         .unwrap_err()
         .to_string();
     assert!(err.starts_with(&gguf.display().to_string()), "{err}");
-    let lora: HashMap<String, Tensor> = HashMap::new();
-    let _ = lora;
 }
