@@ -11,7 +11,7 @@ use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
-use crate::encoder::{load_tokenizer, read_json, safetensors_vb};
+use crate::files::{load_tokenizer, read_json, safetensors_vb};
 use crate::lora::LoraSet;
 use crate::models::llama::{KvCache, Llama, LlamaConfig};
 use crate::models::pivot::PivotProjection;

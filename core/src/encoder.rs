@@ -7,6 +7,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use tokenizers::Tokenizer;
 
+use crate::files::{load_tokenizer, read_json, safetensors_vb};
 use crate::models::bert::{mean_pool_normalized, Bert, BertConfig};
 use crate::models::pivot::{PivotConfig, PivotFormer};
 use crate::models::t5::{T5Config, T5Encoder};
@@ -38,32 +39,6 @@ pub struct TextEncoder {
     tokenizer: Tokenizer,
     max_len: usize,
     device: Device,
-}
-
-/// Reads and parses a JSON file, naming it in the error.
-pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| Error::bad_file(path, e))
-}
-
-/// Loads a safetensors file fully into memory (no mmap: a file truncated under us must be
-/// an error, not a SIGBUS) as a var builder.
-pub(crate) fn safetensors_vb(
-    path: &Path,
-    dtype: DType,
-    device: &Device,
-) -> Result<VarBuilder<'static>> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    VarBuilder::from_buffered_safetensors(bytes, dtype, device)
-        .map_err(|e| Error::bad_file(path, e))
-}
-
-/// Loads a tokenizer.json.
-pub(crate) fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
-    if !path.exists() {
-        return Err(Error::io(path, std::io::ErrorKind::NotFound.into()));
-    }
-    Tokenizer::from_file(path).map_err(|e| Error::bad_file(path, e))
 }
 
 impl TextEncoder {

@@ -10,6 +10,7 @@ pub mod decoder;
 pub mod device;
 pub mod encoder;
 pub mod error;
+pub(crate) mod files;
 pub mod gguf_tokenizer;
 pub mod init;
 pub mod lora;

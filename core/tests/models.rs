@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor, Var, D};
+use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use prip_core::decoder::{DecoderLm, PromptDecoder, Template};
 use prip_core::encoder::{PreferenceEncoder, TextEncoder};
@@ -49,6 +49,18 @@ fn named_vars(vm: &VarMap) -> Vec<(String, Var)> {
     let mut v: Vec<(String, Var)> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     v.sort_by(|a, b| a.0.cmp(&b.0));
     v
+}
+
+/// Largest absolute entry of a tensor.
+fn max_abs(t: &Tensor) -> f32 {
+    t.abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap()
 }
 
 fn tiny_llama_cfg() -> LlamaConfig {
@@ -170,18 +182,7 @@ fn fused_and_differentiable_paths_agree() {
     let x = ids(&[&[4, 9, 30, 41, 2], &[7, 8, 9, 10, 11]]);
     let pos = ids(&[&[0, 1, 2, 3, 4], &[0, 1, 2, 3, 4]]);
     let valid = ids(&[&[1, 1, 1, 1, 1], &[1, 1, 1, 1, 1]]);
-    let max_diff = |a: &Tensor, b: &Tensor| -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
-    };
+    let max_diff = |a: &Tensor, b: &Tensor| max_abs(&(a - b).unwrap());
     for path in [dir.path().join("l"), gguf] {
         let f = DecoderLm::load(&path, &Device::Cpu, OpsMode::Fused).unwrap();
         let s = DecoderLm::load(&path, &Device::Cpu, OpsMode::Differentiable).unwrap();
@@ -231,25 +232,8 @@ fn gguf_computes_the_same_model_as_safetensors() {
             .unwrap()
     };
     let (a, b) = (run(&hf), run(&q));
-    let scale: f32 = a
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap();
-    let diff: f32 = (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap();
+    let scale = max_abs(&a);
+    let diff = max_abs(&(&a - &b).unwrap());
     assert!(
         diff < 0.05 * scale.max(1e-3),
         "diff {diff} vs scale {scale}"
@@ -309,16 +293,7 @@ fn kv_cache_and_left_padding_do_not_change_the_result() {
         .unwrap()
     };
     for other in [inc, padded] {
-        let d: f32 = (&full - other)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let d = max_abs(&(&full - other).unwrap());
         assert!(d < 1e-4, "{d}");
     }
 }
@@ -445,14 +420,7 @@ fn mean_pooling_ignores_padding() {
     let padded = enc
         .sentence_embeddings(&["a cat", "a red fox running in the dark forest"])
         .unwrap();
-    let d: f32 = (alone.get(0).unwrap() - padded.get(0).unwrap())
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max(D::Minus1)
-        .unwrap()
-        .to_scalar()
-        .unwrap();
+    let d = max_abs(&(alone.get(0).unwrap() - padded.get(0).unwrap()).unwrap());
     assert!(d < 1e-5, "{d}");
     let norm: f32 = alone
         .sqr()
