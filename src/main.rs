@@ -3,6 +3,7 @@
 mod config;
 mod models_cmd;
 mod refine_cmd;
+mod train_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -29,6 +30,11 @@ enum Command {
         #[command(subcommand)]
         command: models_cmd::ModelsCommand,
     },
+    /// Train a PRIP model: warm-up stages and per-system adapters.
+    Train {
+        #[command(subcommand)]
+        command: train_cmd::TrainCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -43,6 +49,7 @@ fn main() -> ExitCode {
     let result = config::Config::load(cli.config.as_deref()).and_then(|cfg| match cli.command {
         Command::Refine(args) => refine_cmd::run(args, &cfg),
         Command::Models { command } => models_cmd::run(command),
+        Command::Train { command } => train_cmd::run(command),
     });
     match result {
         Ok(code) => code,

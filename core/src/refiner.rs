@@ -8,7 +8,7 @@ use std::time::Instant;
 use candle_core::{DType, Device};
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{Checkpoint, BASE_SYSTEM};
+use crate::checkpoint::Checkpoint;
 use crate::decoder::{DecoderLm, PromptDecoder};
 use crate::device::DeviceSpec;
 use crate::encoder::{PreferenceEncoder, TextEncoder};
@@ -162,12 +162,14 @@ impl Refiner {
         .map_err(wrap)?;
         let mut adapters = BTreeMap::new();
         for (name, sys) in &m.systems {
-            if let Some(file) = &sys.adapter {
-                adapters.insert(
-                    name.clone(),
-                    lora::load(&checkpoint.file(file), &m.lora, &device)?,
-                );
+            let Some(file) = &sys.adapter else { continue };
+            let path = checkpoint.file(file);
+            if !path.is_file() && !head_trained {
+                // A checkpoint whose training has not run yet, like the untrained head.
+                tracing::warn!("{} has no trained adapter for {name} ({file})", m.name);
+                continue;
             }
+            adapters.insert(name.clone(), lora::load(&path, &m.lora, &device)?);
         }
         Ok(Self {
             checkpoint,
@@ -288,11 +290,8 @@ impl Refiner {
     ) -> Result<Vec<Refined>> {
         let start = Instant::now();
         let sys = self.checkpoint.manifest.system(system)?;
-        self.decoder.set_adapter(if system == BASE_SYSTEM {
-            None
-        } else {
-            self.adapters.get(system)
-        })?;
+        // `base` has an adapter too once the decoder warm-up has trained one.
+        self.decoder.set_adapter(self.adapters.get(system))?;
         let free: Vec<String> = reqs
             .iter()
             .map(|r| syntax::parse(&r.prompt).free_text())

@@ -1,1 +1,21 @@
-//! PRIP trainer: warm-up, per-system adaptation, PPO, evaluation
+//! prip-trainer: the PRIP training stages on candle.
+//!
+//! The paper's disentangled warm-up (the Preference Encoder regresses the pivot of the
+//! best-scored image, Eq. 6; the Prompt Decoder learns to write system prompts from
+//! pivots, Eq. 7) and per-system adaptation (one LoRA of the decoder per generation
+//! backend). Model definitions and the checkpoint format live in prip-core; this crate
+//! adds data, pivot targets, losses, optimisation, resumable checkpoints and evaluation.
+
+pub mod config;
+pub mod data;
+pub mod error;
+pub mod objective;
+pub mod optim;
+pub mod params;
+pub mod plot;
+pub mod recipe;
+pub mod run;
+pub mod stage;
+pub mod targets;
+
+pub use error::{Result, TrainError};

@@ -1,0 +1,105 @@
+//! `prip train`: the warm-up stages and per-system adaptation.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+use prip_core::store::ModelStore;
+use prip_trainer::config::TrainConfig;
+use prip_trainer::recipe::{make_default_data, RecipeOptions};
+use prip_trainer::run::Start;
+use prip_trainer::stage::{self, Stage};
+
+/// Training stages.
+#[derive(Debug, Subcommand)]
+pub enum TrainCommand {
+    /// Warm up the Preference Encoder: E(user prompt) regresses the pivot of the best-scored candidate.
+    WarmupEncoder(StageArgs),
+    /// Warm up the Prompt Decoder: write the system prompt from its pivot (projection + base LoRA).
+    WarmupDecoder(StageArgs),
+    /// Train one generation system's decoder adapter (selectable with `prip refine --system NAME`).
+    /// Write the packaged default's training data (preferences, system prompts, held-out prompts).
+    MakeData {
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Seed of the composition.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    Adapt {
+        /// System name, e.g. sd15, sdxl, flux.
+        #[arg(long)]
+        system: String,
+        #[command(flatten)]
+        args: StageArgs,
+    },
+}
+
+/// Flags shared by every stage.
+#[derive(Debug, Args)]
+pub struct StageArgs {
+    /// Training config (TOML; see examples/train/).
+    #[arg(value_name = "CONFIG")]
+    pub train_config: PathBuf,
+    /// Continue the newest snapshot of an interrupted run.
+    #[arg(long, conflicts_with = "restart")]
+    pub resume: bool,
+    /// Discard an interrupted run of this stage and start over.
+    #[arg(long)]
+    pub restart: bool,
+}
+
+/// Runs `prip train ...`.
+pub fn run(cmd: TrainCommand) -> anyhow::Result<ExitCode> {
+    let (stage, args) = match cmd {
+        TrainCommand::MakeData { out, seed } => {
+            let store = ModelStore::from_env()?;
+            let mut opts = RecipeOptions::packaged(out.clone());
+            opts.seed = seed;
+            let r = make_default_data(&store, &opts)?;
+            println!(
+                "{}: {} preference records, {} system prompts, {} held-out prompts",
+                out.display(),
+                r.preferences,
+                r.system,
+                r.heldout
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        TrainCommand::WarmupEncoder(a) => (Stage::WarmupEncoder, a),
+        TrainCommand::WarmupDecoder(a) => (Stage::WarmupDecoder, a),
+        TrainCommand::Adapt { system, args } => (Stage::Adapt { system }, args),
+    };
+    let cfg = TrainConfig::load(&args.train_config)?;
+    let start = match (args.resume, args.restart) {
+        (true, _) => Start::Resume,
+        (_, true) => Start::Restart,
+        _ => Start::Fresh,
+    };
+    let store = ModelStore::from_env()?;
+    let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let s = stage::run(&stage, &cfg, &store, start, progress)?;
+    let resumed = s
+        .resumed_from
+        .map(|r| format!(" (resumed at step {r})"))
+        .unwrap_or_default();
+    println!(
+        "{}: {} steps{resumed}, loss {:.4} -> {:.4}, {:.0} tokens/s, {} of {} corpus lines skipped, {:.0} s",
+        stage.run_name(),
+        s.steps,
+        s.first_loss,
+        s.last_loss,
+        s.tokens_per_s,
+        s.bad.bad,
+        s.bad.seen,
+        s.seconds
+    );
+    println!("checkpoint: {}", cfg.out.display());
+    println!(
+        "metrics: {}  plot: {}",
+        s.metrics.display(),
+        s.plot.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,390 @@
+//! The training stages on tiny random models written by the test: each lowers its loss,
+//! every trainable parameter gets a gradient, exports load into the refiner, and bad
+//! input is reported without losing the last good checkpoint.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use prip_core::checkpoint::Checkpoint;
+use prip_core::store::ModelStore;
+use prip_core::{testing, RefineRequest, Refiner, RefinerOptions};
+use prip_trainer::config::TrainConfig;
+use prip_trainer::objective::{
+    DecoderObjective, DecoderSettings, EncoderObjective, Objective, Parts, TargetChoice,
+};
+use prip_trainer::run::{prepare_out, Start};
+use prip_trainer::stage::{self, Stage};
+use prip_trainer::TrainError;
+use tempfile::TempDir;
+
+const MANIFEST: &str = r#"format = 1
+name = "tiny"
+
+[encoder]
+model = "enc"
+
+[decoder]
+model = "dec.gguf"
+
+[pivot]
+num_queries = 4
+n_layers = 1
+n_heads = 4
+mlp_ratio = 2
+
+[generation]
+max_new_tokens = 6
+temperature = 0.0
+
+[lora]
+rank = 8
+alpha = 16.0
+targets = ["q_proj", "v_proj", "o_proj", "down_proj"]
+"#;
+
+const SUBJECTS: [&str; 6] = [
+    "a cat",
+    "a dog in the rain",
+    "an old castle",
+    "a red fox",
+    "a ship at sea",
+    "a girl reading",
+];
+const DETAILS: [&str; 6] = [
+    "oil painting",
+    "highly detailed",
+    "golden hour",
+    "by monet",
+    "trending on artstation",
+    "soft light",
+];
+
+struct Fixture {
+    dir: TempDir,
+    store: ModelStore,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("base");
+        testing::write_tiny_bert(&base.join("enc"), 1).unwrap();
+        testing::write_tiny_gguf(&base.join("dec.gguf"), 2).unwrap();
+        std::fs::write(base.join("prip.toml"), MANIFEST).unwrap();
+        let store = ModelStore::new(dir.path().join("home"));
+        let f = Self { dir, store };
+        f.write("system.jsonl", &system_lines(24));
+        f.write("prefs.jsonl", &preference_lines(24));
+        f
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn write(&self, rel: &str, lines: &[String]) -> PathBuf {
+        let p = self.path(rel);
+        let mut f = std::fs::File::create(&p).unwrap();
+        for l in lines {
+            writeln!(f, "{l}").unwrap();
+        }
+        p
+    }
+
+    fn config(&self, corpus: &str, out: &str, extra: &str) -> TrainConfig {
+        let text = format!("base = \"base\"\nout = \"{out}\"\ntrain = [\"{corpus}\"]\n{extra}");
+        let p = self.path(&format!("{out}.toml"));
+        std::fs::write(&p, text).unwrap();
+        TrainConfig::load(&p).unwrap()
+    }
+}
+
+fn system_lines(n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            let s = SUBJECTS[i % SUBJECTS.len()];
+            let d = [DETAILS[i % 6], DETAILS[(i + 2) % 6], DETAILS[(i + 3) % 6]].join(", ");
+            serde_json::json!({"prompt": format!("{s}, {d}")}).to_string()
+        })
+        .collect()
+}
+
+fn preference_lines(n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            let s = SUBJECTS[i % SUBJECTS.len()];
+            let cands: Vec<_> = (0..3)
+                .map(|c| serde_json::json!({"text": format!("{s}, {}", DETAILS[(i + c) % 6]), "score": c as f64}))
+                .collect();
+            serde_json::json!({"prompt": s, "candidates": cands}).to_string()
+        })
+        .collect()
+}
+
+const STEPS: &str =
+    "[run]\nsteps = 30\nbatch_size = 4\nsave_every = 10\n[optim]\nlr = 2e-2\nwarmup_steps = 3\n";
+
+fn losses(metrics: &Path) -> Vec<f64> {
+    std::fs::read_to_string(metrics)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect()
+}
+
+fn mean(xs: &[f64]) -> f64 {
+    xs.iter().sum::<f64>() / xs.len() as f64
+}
+
+#[test]
+fn encoder_warmup_lowers_its_loss_and_writes_a_loadable_head() {
+    let f = Fixture::new();
+    let cfg = f.config("prefs.jsonl", "out", STEPS);
+    let s = stage::run(&Stage::WarmupEncoder, &cfg, &f.store, Start::Fresh, false).unwrap();
+    let l = losses(&s.metrics);
+    assert_eq!(l.len(), 30);
+    assert!(mean(&l[25..]) < 0.7 * mean(&l[..5]), "{l:?}");
+    assert!(f.path("out/head.safetensors").is_file());
+    assert!(std::fs::read_to_string(&s.plot)
+        .unwrap()
+        .contains("<polyline"));
+    let mut r = Refiner::open_with_store(
+        &RefinerOptions {
+            model: f.path("out").display().to_string(),
+            ..RefinerOptions::default()
+        },
+        &f.store,
+    )
+    .unwrap();
+    assert!(r.head_trained());
+    let out = r.refine(&[RefineRequest::new("a cat")]).remove(0).unwrap();
+    assert!(out.refined.starts_with("a cat"));
+}
+
+#[test]
+fn decoder_warmup_lowers_its_loss_and_registers_the_base_adapter() {
+    let f = Fixture::new();
+    let cfg = f.config("system.jsonl", "out", STEPS);
+    let s = stage::run(&Stage::WarmupDecoder, &cfg, &f.store, Start::Fresh, false).unwrap();
+    let l = losses(&s.metrics);
+    // A tiny random LM's output scale caps how far its loss can fall (~6.69 from 6.90).
+    assert!(mean(&l[25..]) < l[0] - 0.1, "{l:?}");
+    let ckpt = Checkpoint::open(&f.path("out")).unwrap();
+    assert_eq!(
+        ckpt.manifest.systems["base"].adapter.as_deref(),
+        Some("lora/base.safetensors")
+    );
+    assert!(f.path("out/lora/base.safetensors").is_file());
+}
+
+#[test]
+fn adapt_trains_a_system_adapter_that_refine_can_select() {
+    let f = Fixture::new();
+    let cfg = f.config("system.jsonl", "out", STEPS);
+    let s = stage::run(
+        &Stage::Adapt {
+            system: "sd15".into(),
+        },
+        &cfg,
+        &f.store,
+        Start::Fresh,
+        false,
+    )
+    .unwrap();
+    let l = losses(&s.metrics);
+    // A tiny random LM's output scale caps how far its loss can fall (~6.69 from 6.90).
+    assert!(mean(&l[25..]) < l[0] - 0.1, "{l:?}");
+    assert!(f.path("out/lora/sd15.safetensors").is_file());
+    let opts = RefinerOptions {
+        model: f.path("out").display().to_string(),
+        ..RefinerOptions::default()
+    };
+    let mut r = Refiner::open_with_store(&opts, &f.store).unwrap();
+    let mut req = RefineRequest::new("a cat");
+    req.system = Some("sd15".into());
+    req.seed = Some(1);
+    let out = r.refine(&[req]).remove(0).unwrap();
+    assert_eq!(out.system, "sd15");
+    let err = stage::run(
+        &Stage::Adapt {
+            system: "base".into(),
+        },
+        &cfg,
+        &f.store,
+        Start::Fresh,
+        false,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("not \"base\""), "{err}");
+}
+
+#[test]
+fn every_trainable_parameter_gets_a_gradient() {
+    let f = Fixture::new();
+    let out = prepare_out(&Checkpoint::open(&f.path("base")).unwrap(), &f.path("out")).unwrap();
+    let dev = candle_core::Device::Cpu;
+    let read = |name: &str| -> Vec<String> {
+        std::fs::read_to_string(f.path(name))
+            .unwrap()
+            .lines()
+            .map(String::from)
+            .collect()
+    };
+
+    let parts = Parts::open(out.clone(), &f.store, false, None, &dev).unwrap();
+    let mut enc = EncoderObjective::new(&parts, TargetChoice::Best).unwrap();
+    let batch: Vec<_> = read("prefs.jsonl")
+        .iter()
+        .take(4)
+        .enumerate()
+        .map(|(i, l)| located(l, i))
+        .collect();
+    // Queries, input projection, final norm and the 28 tensors of one block.
+    check_grads(&mut enc, &batch, 31);
+
+    let parts = Parts::open(out, &f.store, false, Some("base"), &dev).unwrap();
+    let mut dec = DecoderObjective::new(&parts, "base", true, DecoderSettings::default()).unwrap();
+    let batch: Vec<_> = read("system.jsonl")
+        .iter()
+        .take(4)
+        .enumerate()
+        .map(|(i, l)| located(l, i))
+        .collect();
+    // LoRA A and B on four projections of both layers, projection weight and bias.
+    check_grads(&mut dec, &batch, 2 * 4 * 2 + 2);
+}
+
+fn located<T: serde::de::DeserializeOwned>(line: &str, i: usize) -> prip_trainer::data::Located<T> {
+    prip_trainer::data::Located {
+        record: serde_json::from_str(line).unwrap(),
+        file: "t.jsonl".into(),
+        line: i + 1,
+    }
+}
+
+fn check_grads<O: Objective>(
+    obj: &mut O,
+    batch: &[prip_trainer::data::Located<O::Record>],
+    expected: usize,
+) {
+    let loss = obj.loss(batch, 1).unwrap().unwrap();
+    let grads = loss.loss.backward().unwrap();
+    let vars = obj.trainable();
+    assert_eq!(
+        vars.len(),
+        expected,
+        "{:?}",
+        vars.iter().map(|v| &v.0).collect::<Vec<_>>()
+    );
+    for (name, v) in vars {
+        let g = grads
+            .get(v.as_tensor())
+            .unwrap_or_else(|| panic!("{name} has no gradient"));
+        let m = g
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(m > 0.0, "{name} has a zero gradient");
+    }
+}
+
+#[test]
+fn bad_lines_are_skipped_and_counted_and_too_many_stop_the_run() {
+    let f = Fixture::new();
+    let mut lines = system_lines(20);
+    lines.insert(3, "{not json".into());
+    lines.insert(7, r#"{"prompt": "no details here"}"#.into());
+    lines.insert(
+        9,
+        r#"{"prompt": "a cat, x", "image": "missing.png"}"#.into(),
+    );
+    f.write("mixed.jsonl", &lines);
+    let cfg = f.config(
+        "mixed.jsonl",
+        "out",
+        "[run]\nsteps = 6\nbatch_size = 4\nmax_bad_share = 0.5\n",
+    );
+    let s = stage::run(&Stage::WarmupDecoder, &cfg, &f.store, Start::Fresh, false).unwrap();
+    assert!(s.bad.bad >= 3, "{:?}", s.bad);
+
+    let garbage: Vec<String> = (0..30).map(|i| format!("garbage {i}")).collect();
+    f.write("garbage.jsonl", &garbage);
+    let cfg = f.config(
+        "garbage.jsonl",
+        "out2",
+        "[run]\nsteps = 2\nbatch_size = 4\n",
+    );
+    let err = stage::run(&Stage::WarmupDecoder, &cfg, &f.store, Start::Fresh, false).unwrap_err();
+    assert!(matches!(err, TrainError::TooManyBadLines { .. }), "{err}");
+    assert!(err.to_string().contains("garbage.jsonl"), "{err}");
+}
+
+#[test]
+fn a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
+    let f = Fixture::new();
+    let cfg = f.config(
+        "prefs.jsonl",
+        "out",
+        "[run]\nsteps = 4\nbatch_size = 4\nsave_every = 2\n",
+    );
+    stage::run(&Stage::WarmupEncoder, &cfg, &f.store, Start::Fresh, false).unwrap();
+    let good = std::fs::read(f.path("out/head.safetensors")).unwrap();
+
+    // A learning rate that throws the weights past f32's range after one update.
+    let cfg = f.config(
+        "prefs.jsonl",
+        "out",
+        "[run]\nsteps = 4\nbatch_size = 4\nsave_every = 2\n[optim]\nlr = 1e35\nwarmup_steps = 0\n",
+    );
+    let err = stage::run(&Stage::WarmupEncoder, &cfg, &f.store, Start::Restart, false).unwrap_err();
+    assert!(matches!(err, TrainError::NonFinite(_)), "{err}");
+    assert!(
+        err.to_string().contains("step 2") && err.to_string().contains("unchanged"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(f.path("out/head.safetensors")).unwrap(), good);
+}
+
+#[test]
+fn an_unfinished_run_is_not_silently_restarted_and_resume_extends_it() {
+    let f = Fixture::new();
+    let cfg = f.config(
+        "prefs.jsonl",
+        "out",
+        "[run]\nsteps = 2\nbatch_size = 4\nsave_every = 1\n",
+    );
+    stage::run(&Stage::WarmupEncoder, &cfg, &f.store, Start::Fresh, false).unwrap();
+    // Finished: a fresh run of the same length replaces it.
+    stage::run(&Stage::WarmupEncoder, &cfg, &f.store, Start::Fresh, false).unwrap();
+    let longer = f.config(
+        "prefs.jsonl",
+        "out",
+        "[run]\nsteps = 4\nbatch_size = 4\nsave_every = 1\n",
+    );
+    let err = stage::run(
+        &Stage::WarmupEncoder,
+        &longer,
+        &f.store,
+        Start::Fresh,
+        false,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("--resume"), "{err}");
+    let s = stage::run(
+        &Stage::WarmupEncoder,
+        &longer,
+        &f.store,
+        Start::Resume,
+        false,
+    )
+    .unwrap();
+    assert_eq!(s.resumed_from, Some(2));
+    assert_eq!(losses(&s.metrics).len(), 4);
+}
