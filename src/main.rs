@@ -1,6 +1,7 @@
 //! `prip`: the PRIP prompt refiner on the command line.
 
 mod config;
+mod eval_cmd;
 mod models_cmd;
 mod refine_cmd;
 mod train_cmd;
@@ -30,6 +31,11 @@ enum Command {
         #[command(subcommand)]
         command: models_cmd::ModelsCommand,
     },
+    /// Evaluate a PRIP model against baselines and ablations.
+    Eval {
+        #[command(subcommand)]
+        command: eval_cmd::EvalCommand,
+    },
     /// Train a PRIP model: warm-up stages and per-system adapters.
     Train {
         #[command(subcommand)]
@@ -50,6 +56,7 @@ fn main() -> ExitCode {
         Command::Refine(args) => refine_cmd::run(args, &cfg),
         Command::Models { command } => models_cmd::run(command),
         Command::Train { command } => train_cmd::run(command),
+        Command::Eval { command } => eval_cmd::run(command),
     });
     match result {
         Ok(code) => code,

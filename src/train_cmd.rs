@@ -17,7 +17,6 @@ pub enum TrainCommand {
     WarmupEncoder(StageArgs),
     /// Warm up the Prompt Decoder: write the system prompt from its pivot (projection + base LoRA).
     WarmupDecoder(StageArgs),
-    /// Train one generation system's decoder adapter (selectable with `prip refine --system NAME`).
     /// Write the packaged default's training data (preferences, system prompts, held-out prompts).
     MakeData {
         /// Output directory.
@@ -27,6 +26,18 @@ pub enum TrainCommand {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// Convert a DiffusionDB download (unzipped images/part-NNNNNN folders) into a system-language corpus.
+    ImportDiffusiondb {
+        /// The dataset root (or its images/ folder).
+        root: PathBuf,
+        /// Output JSONL.
+        #[arg(long)]
+        out: PathBuf,
+        /// Name each record's image (for image pivots); records without an image file are skipped.
+        #[arg(long)]
+        images: bool,
+    },
+    /// Train one generation system's decoder adapter (selectable with `prip refine --system NAME`).
     Adapt {
         /// System name, e.g. sd15, sdxl, flux.
         #[arg(long)]
@@ -64,6 +75,20 @@ pub fn run(cmd: TrainCommand) -> anyhow::Result<ExitCode> {
                 r.preferences,
                 r.system,
                 r.heldout
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        TrainCommand::ImportDiffusiondb { root, out, images } => {
+            let r = prip_trainer::diffusiondb::import(&root, &out, images)?;
+            println!(
+                "{}: {} records from {} images in {} parts ({} repeated prompts, {} unusable, {} unreadable parts skipped)",
+                out.display(),
+                r.written,
+                r.images,
+                r.parts,
+                r.duplicates,
+                r.unusable,
+                r.bad_parts
             );
             return Ok(ExitCode::SUCCESS);
         }

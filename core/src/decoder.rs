@@ -195,16 +195,30 @@ impl PromptDecoder {
 
     /// The template rows for prompts (free text as the model should see it).
     pub fn rows(&self, prompts: &[&str]) -> Result<Vec<PrefixRow>> {
+        self.rows_in(&self.template, &self.before_ids, prompts)
+    }
+
+    /// Template rows for prompts in another template (instruction baselines).
+    pub fn rows_with(&self, template: &Template, prompts: &[&str]) -> Result<Vec<PrefixRow>> {
+        self.rows_in(template, &self.lm.encode(&template.before)?, prompts)
+    }
+
+    fn rows_in(
+        &self,
+        template: &Template,
+        before_ids: &[u32],
+        prompts: &[&str],
+    ) -> Result<Vec<PrefixRow>> {
         prompts
             .iter()
             .map(|p| {
                 let tail = if p.trim().is_empty() {
-                    self.template.after.clone()
+                    template.after.clone()
                 } else {
-                    format!("{} {},", self.template.after, p.trim())
+                    format!("{} {},", template.after, p.trim())
                 };
                 Ok(PrefixRow {
-                    before: self.before_ids.clone(),
+                    before: before_ids.to_vec(),
                     after: self.lm.encode(&tail)?,
                 })
             })

@@ -9,7 +9,7 @@ use candle_core::{DType, Device};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::Checkpoint;
-use crate::decoder::{DecoderLm, PromptDecoder};
+use crate::decoder::{DecoderLm, PromptDecoder, Template};
 use crate::device::DeviceSpec;
 use crate::encoder::{PreferenceEncoder, TextEncoder};
 use crate::files::safetensors_vb;
@@ -103,9 +103,24 @@ pub struct Refined {
     pub timings: Timings,
 }
 
+/// How the decoder is conditioned. Refining uses the pivot; evaluation runs the paper's
+/// baselines and ablations through the same path with the other two.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum Conditioning {
+    /// The encoder's pivot in the checkpoint's template (PRIP).
+    #[default]
+    Pivot,
+    /// The checkpoint's template and adapters without a pivot ("decoder without pivot").
+    NoPivot,
+    /// The bare decoder LM, no pivot and no adapter, prompted with this template (the
+    /// paper's "generic LLM" baseline).
+    Instruction(Template),
+}
+
 /// A loaded PRIP model ready to refine prompts.
 #[derive(Debug)]
 pub struct Refiner {
+    conditioning: Conditioning,
     checkpoint: Checkpoint,
     encoder: PreferenceEncoder,
     decoder: PromptDecoder,
@@ -172,6 +187,7 @@ impl Refiner {
             adapters.insert(name.clone(), lora::load(&path, &m.lora, &device)?);
         }
         Ok(Self {
+            conditioning: Conditioning::Pivot,
             checkpoint,
             encoder,
             decoder,
@@ -189,6 +205,7 @@ impl Refiner {
     ) -> Self {
         let device = decoder.lm().lm.device().clone();
         Self {
+            conditioning: Conditioning::Pivot,
             checkpoint,
             encoder,
             decoder,
@@ -196,6 +213,11 @@ impl Refiner {
             head_trained: false,
             device,
         }
+    }
+
+    /// Changes how the decoder is conditioned (see [`Conditioning`]).
+    pub fn set_conditioning(&mut self, conditioning: Conditioning) {
+        self.conditioning = conditioning;
     }
 
     /// The checkpoint.
@@ -291,7 +313,11 @@ impl Refiner {
         let start = Instant::now();
         let sys = self.checkpoint.manifest.system(system)?;
         // `base` has an adapter too once the decoder warm-up has trained one.
-        self.decoder.set_adapter(self.adapters.get(system))?;
+        let adapter = match self.conditioning {
+            Conditioning::Instruction(_) => None,
+            _ => self.adapters.get(system),
+        };
+        self.decoder.set_adapter(adapter)?;
         let free: Vec<String> = reqs
             .iter()
             .map(|r| syntax::parse(&r.prompt).free_text())
@@ -302,11 +328,17 @@ impl Refiner {
             .map(|r| r.seed.unwrap_or_else(|| u64::from(rand::random::<u32>())))
             .collect();
 
-        let pivots = self.encoder.encode(&free_refs)?;
+        let pivots = match self.conditioning {
+            Conditioning::Pivot => Some(self.encoder.encode(&free_refs)?),
+            _ => None,
+        };
         let encode_ms = ms(start);
         let t = Instant::now();
-        let rows = self.decoder.rows(&free_refs)?;
-        let batch = self.decoder.batch(&rows, Some(&pivots))?;
+        let rows = match &self.conditioning {
+            Conditioning::Instruction(template) => self.decoder.rows_with(template, &free_refs)?,
+            _ => self.decoder.rows(&free_refs)?,
+        };
+        let batch = self.decoder.batch(&rows, pivots.as_ref())?;
         let generated = self.decoder.generate(&batch, &rows, cfg, &seeds)?;
         let decode_ms = ms(t);
 

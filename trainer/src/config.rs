@@ -141,16 +141,16 @@ impl TrainConfig {
         if r.batch_size == 0 || r.save_every == 0 || r.keep_snapshots == 0 {
             return Err("batch_size, save_every and keep_snapshots must be at least 1".into());
         }
-        if r.steps == Some(0) || (r.steps.is_none() && !(r.epochs > 0.0)) {
+        if r.steps == Some(0) || (r.steps.is_none() && (r.epochs.is_nan() || r.epochs <= 0.0)) {
             return Err("train for at least one step (steps or epochs > 0)".into());
         }
         if !(0.0..=1.0).contains(&r.max_bad_share) {
             return Err("max_bad_share must be within 0..1".into());
         }
-        if !(self.optim.lr > 0.0) || !self.optim.lr.is_finite() {
+        if self.optim.lr.is_nan() || self.optim.lr <= 0.0 || !self.optim.lr.is_finite() {
             return Err("optim.lr must be a positive number".into());
         }
-        if !(self.decoder.noise_std >= 0.0) {
+        if self.decoder.noise_std.is_nan() || self.decoder.noise_std < 0.0 {
             return Err("decoder.noise_std must be >= 0".into());
         }
         if self.train.is_empty() {

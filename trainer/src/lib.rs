@@ -8,7 +8,9 @@
 
 pub mod config;
 pub mod data;
+pub mod diffusiondb;
 pub mod error;
+pub mod eval;
 pub mod objective;
 pub mod optim;
 pub mod params;

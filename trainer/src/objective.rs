@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::{Located, PreferenceRecord, Record, SystemRecord};
 use crate::params::ParamStore;
-use crate::targets::Targets;
+use crate::targets::{TargetBatch, Targets};
 use crate::{Result, TrainError};
 
 /// Prefix of the pivot former's tensors in head.safetensors.
@@ -314,7 +314,11 @@ impl Objective for EncoderObjective {
             .zip(&chosen)
             .map(|(r, &c)| &r.record.candidates[c].source)
             .collect();
-        let (targets, kept, rejected) = self.targets.many(&sources)?;
+        let TargetBatch {
+            targets,
+            kept,
+            failed: rejected,
+        } = self.targets.many(&sources)?;
         if kept.is_empty() {
             return Ok(None);
         }
@@ -445,7 +449,7 @@ impl DecoderObjective {
             ));
         }
         let room = self.settings.max_tokens.min(context) - fixed;
-        if target.len() + 1 <= room {
+        if target.len() < room {
             target.push(self.end_id);
         } else {
             target.truncate(room);
@@ -473,7 +477,11 @@ impl Objective for DecoderObjective {
         let pivots = if self.settings.use_pivot {
             let sources: Vec<_> = idx.iter().map(|&i| batch[i].record.source()).collect();
             let refs: Vec<_> = sources.iter().collect();
-            let (t, kept, failed) = self.targets.many(&refs)?;
+            let TargetBatch {
+                targets: t,
+                kept,
+                failed,
+            } = self.targets.many(&refs)?;
             for (j, why) in failed {
                 rejected.push((idx[j], why));
             }

@@ -281,14 +281,39 @@ pub fn make_default_data(store: &ModelStore, opts: &RecipeOptions) -> Result<Rec
     }
     let heldout_path = opts.out.join("heldout.txt");
     let mut h = fs::File::create(&heldout_path).map_err(|e| TrainError::io(&heldout_path, e))?;
-    for p in heldout {
-        writeln!(h, "{p}").map_err(|e| TrainError::io(&heldout_path, e))?;
+    // A separate generator, so the training files do not depend on this.
+    let mut srng = StdRng::seed_from_u64(opts.seed ^ 0x5EED);
+    for (i, p) in heldout.iter().enumerate() {
+        let line = if i % 4 == 0 {
+            with_syntax(p, &heldout[(i + 1) % heldout.len()], &mut srng)
+        } else {
+            p.clone()
+        };
+        writeln!(h, "{line}").map_err(|e| TrainError::io(&heldout_path, e))?;
     }
     Ok(RecipeReport {
         preferences: prefs.finish()?,
         system: system.finish()?,
         heldout: heldout.len(),
     })
+}
+
+/// `p` wrapped in prompt syntax of A1111, ComfyUI or dynamic prompts, so the held-out
+/// set checks that protected syntax survives refinement.
+fn with_syntax(p: &str, other: &str, rng: &mut StdRng) -> String {
+    let forms = [
+        format!("({p}:1.2)"),
+        format!("{p} <lora:add_detail:0.7>"),
+        format!("{p}, (masterpiece:1.1)"),
+        format!("{p}, {{sunny|rainy}} day"),
+        format!("{p} BREAK {other}"),
+        format!("{p} AND {other} :0.8"),
+        format!("__styles__ {p}"),
+        format!("{p}, embedding:easynegative"),
+        format!("[{p}:{other}:0.5]"),
+        format!("{p} \\(detailed\\)"),
+    ];
+    forms.choose(rng).cloned().unwrap_or_else(|| p.to_string())
 }
 
 fn embed(text: &TextEncoder, items: &[String]) -> Result<Tensor> {

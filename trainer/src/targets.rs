@@ -13,6 +13,17 @@ use prip_core::encoder::TextEncoder;
 use crate::data::PivotSource;
 use crate::{Result, TrainError};
 
+/// The targets of a batch of sources.
+#[derive(Debug)]
+pub struct TargetBatch {
+    /// (kept, rows, width).
+    pub targets: Tensor,
+    /// Indices of the sources whose targets are in `targets`, in order.
+    pub kept: Vec<usize>,
+    /// (index, reason) of the sources that failed.
+    pub failed: Vec<(usize, String)>,
+}
+
 /// Turns pivot sources into target matrices.
 #[derive(Debug, Clone)]
 pub struct Targets {
@@ -96,12 +107,9 @@ impl Targets {
         Err("no pivot source".into())
     }
 
-    /// Targets of many sources as (n, rows, width), texts encoded in one batch. Sources
-    /// that fail are returned as (index, reason) and left out of the tensor.
-    pub fn many(
-        &self,
-        sources: &[&PivotSource],
-    ) -> Result<(Tensor, Vec<usize>, Vec<(usize, String)>)> {
+    /// Targets of many sources, texts encoded in one batch. Sources that fail are
+    /// reported with their reason and left out of the tensor.
+    pub fn many(&self, sources: &[&PivotSource]) -> Result<TargetBatch> {
         let mut out: Vec<Option<Tensor>> = vec![None; sources.len()];
         let mut failed = Vec::new();
         let text_idx: Vec<usize> = (0..sources.len())
@@ -136,7 +144,11 @@ impl Targets {
         } else {
             Tensor::stack(&tensors, 0)?
         };
-        Ok((stacked, kept, failed))
+        Ok(TargetBatch {
+            targets: stacked,
+            kept,
+            failed,
+        })
     }
 }
 

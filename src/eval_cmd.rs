@@ -1,0 +1,66 @@
+//! `prip eval text`: the text-only quality report (see prip_trainer::eval).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use prip_core::store::ModelStore;
+use prip_trainer::eval::{evaluate, markdown, EvalOptions};
+
+/// Evaluations.
+#[derive(Debug, Subcommand)]
+pub enum EvalCommand {
+    /// Score a model's refinements of held-out prompts against baselines and ablations.
+    Text(TextArgs),
+}
+
+/// Flags of `prip eval text`.
+#[derive(Debug, Args)]
+pub struct TextArgs {
+    /// Held-out prompts, one per line (the default recipe writes target/prip-default/data/heldout.txt).
+    #[arg(long)]
+    pub prompts: PathBuf,
+    /// The PRIP model to evaluate.
+    #[arg(long, default_value = "default")]
+    pub model: String,
+    /// A model trained by the "decoder without pivot" ablation.
+    #[arg(long)]
+    pub no_pivot_model: Option<String>,
+    /// A model whose encoder was trained on random instead of best-scored targets.
+    #[arg(long)]
+    pub random_target_model: Option<String>,
+    /// Only the first N prompts.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Sampling seed of the first prompt (prompt i uses seed + i).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Prompts decoded together.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Also write the scores and sample outputs as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// Runs `prip eval ...`.
+pub fn run(cmd: EvalCommand) -> anyhow::Result<ExitCode> {
+    let EvalCommand::Text(a) = cmd;
+    let opts = EvalOptions {
+        prompts: a.prompts,
+        model: a.model,
+        no_pivot_model: a.no_pivot_model,
+        random_target_model: a.random_target_model,
+        limit: a.limit,
+        seed: a.seed,
+        batch: a.batch,
+    };
+    let scores = evaluate(&opts, &ModelStore::from_env()?)?;
+    print!("{}", markdown(&scores));
+    if let Some(path) = a.json {
+        let text = serde_json::to_string_pretty(&scores)?;
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,380 @@
+//! `prip eval text`: a text-only quality report of a PRIP model against the paper's
+//! baselines and ablations, all measured the same way in one run.
+//!
+//! What it can show: that the user's prompt and syntax survive, that the added phrases
+//! are system language rather than chatter, how varied and repetitive they are, how
+//! close the refined prompt stays to what the user asked for (sentence-embedding
+//! similarity), and how fast. What it cannot show: whether images get better. The
+//! paper's ImageReward/HPSv2 evaluation needs an image generator and preference
+//! models that cannot be had offline here.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use candle_core::Tensor;
+use prip_core::decoder::Template;
+use prip_core::encoder::TextEncoder;
+use prip_core::nn::OpsMode;
+use prip_core::refiner::Conditioning;
+use prip_core::store::ModelStore;
+use prip_core::syntax::{self, SpanKind};
+use prip_core::{RefineRequest, Refiner, RefinerOptions};
+use rand::rngs::StdRng;
+use rand::seq::IndexedRandom;
+use rand::SeedableRng;
+use serde::Serialize;
+
+use crate::recipe::Vocabulary;
+use crate::{Result, TrainError};
+
+/// What to evaluate.
+#[derive(Debug, Clone)]
+pub struct EvalOptions {
+    /// Held-out prompts, one per line.
+    pub prompts: PathBuf,
+    /// The PRIP model (name or directory).
+    pub model: String,
+    /// A model trained with the decoder ablation (no pivot).
+    pub no_pivot_model: Option<String>,
+    /// A model whose encoder regressed random candidates.
+    pub random_target_model: Option<String>,
+    /// Evaluate only the first N prompts.
+    pub limit: Option<usize>,
+    /// Base sampling seed (prompt i uses seed + i).
+    pub seed: u64,
+    /// Prompts decoded together.
+    pub batch: usize,
+}
+
+/// One system's scores.
+#[derive(Debug, Clone, Serialize)]
+pub struct Scores {
+    /// Variant name.
+    pub name: String,
+    /// Prompts evaluated.
+    pub prompts: usize,
+    /// Share whose refined prompt keeps the user prompt byte-for-byte around the details.
+    pub prompt_kept: f64,
+    /// Share whose protected syntax is unchanged and where no new syntax appears.
+    pub syntax_kept: f64,
+    /// Mean added phrases per prompt.
+    pub phrases_per_prompt: f64,
+    /// Share of added phrases found in the system-language vocabulary.
+    pub in_vocabulary: f64,
+    /// Distinct word bigrams / all word bigrams of the added text.
+    pub distinct_2: f64,
+    /// Share of prompts whose additions repeat a phrase (their own or the user's).
+    pub repeated_phrase_rate: f64,
+    /// Mean cosine similarity (MiniLM) between the user prompt and the refined prompt.
+    pub relevance: f64,
+    /// Generated tokens per second (0 for variants without a model).
+    pub tokens_per_s: f64,
+    /// A few outputs, for the reader.
+    pub samples: Vec<String>,
+}
+
+struct Output {
+    prompt: String,
+    refined: String,
+    details: Vec<String>,
+}
+
+/// The instruction of the generic-LLM baseline, in SmolLM2's chat format.
+pub fn instruction_template() -> Template {
+    Template {
+        before: "<|im_start|>system\nYou write prompts for text-to-image models.<|im_end|>\n<|im_start|>user\nImprove this image prompt by adding comma-separated keywords about medium, style, lighting, detail and artists. Keep the original words first.<|im_end|>\n<|im_start|>assistant\n".into(),
+        after: "".into(),
+    }
+}
+
+/// Runs every variant that the options allow and returns their scores, in table order.
+pub fn evaluate(opts: &EvalOptions, store: &ModelStore) -> Result<Vec<Scores>> {
+    let text =
+        std::fs::read_to_string(&opts.prompts).map_err(|e| TrainError::io(&opts.prompts, e))?;
+    let mut prompts: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect();
+    if let Some(n) = opts.limit {
+        prompts.truncate(n);
+    }
+    if prompts.is_empty() {
+        return Err(TrainError::Config(format!(
+            "{}: no prompts",
+            opts.prompts.display()
+        )));
+    }
+    let vocab = Vocabulary::load(&store.ensure("clip-interrogator-data")?)?;
+    let phrases = vocab.phrases();
+    let minilm = TextEncoder::load(
+        &store.ensure("minilm-l6")?,
+        &candle_core::Device::Cpu,
+        OpsMode::Fused,
+    )?;
+
+    let mut out = Vec::new();
+    let none: Vec<Output> = prompts
+        .iter()
+        .map(|p| Output {
+            prompt: p.clone(),
+            refined: p.clone(),
+            details: Vec::new(),
+        })
+        .collect();
+    out.push(score("no refinement", &none, 0.0, &phrases, &minilm)?);
+
+    let mut rng = StdRng::seed_from_u64(opts.seed);
+    let random: Vec<Output> = prompts
+        .iter()
+        .map(|p| {
+            let mut details: Vec<String> = vocab
+                .mediums
+                .choose(&mut rng)
+                .into_iter()
+                .cloned()
+                .collect();
+            details.extend(vocab.flavors.choose_multiple(&mut rng, 3).cloned());
+            Output {
+                prompt: p.clone(),
+                refined: syntax::append_details(p, &details),
+                details,
+            }
+        })
+        .collect();
+    out.push(score(
+        "random vocabulary fragments",
+        &random,
+        0.0,
+        &phrases,
+        &minilm,
+    )?);
+
+    let mut variants: Vec<(&str, &str, Conditioning)> = vec![
+        (
+            "generic LLM (SmolLM2 zero-shot instruction)",
+            opts.model.as_str(),
+            Conditioning::Instruction(instruction_template()),
+        ),
+        ("PRIP", opts.model.as_str(), Conditioning::Pivot),
+    ];
+    if let Some(m) = &opts.no_pivot_model {
+        variants.push(("ablation: decoder without pivot", m, Conditioning::NoPivot));
+    }
+    if let Some(m) = &opts.random_target_model {
+        variants.push((
+            "ablation: encoder on a random target",
+            m,
+            Conditioning::Pivot,
+        ));
+    }
+    for (name, model, conditioning) in variants {
+        tracing::info!("evaluating {name}");
+        let mut refiner = Refiner::open_with_store(
+            &RefinerOptions {
+                model: model.to_string(),
+                ..RefinerOptions::default()
+            },
+            store,
+        )?;
+        refiner.set_conditioning(conditioning);
+        let (outputs, tps) = run_model(&mut refiner, &prompts, opts)?;
+        out.push(score(name, &outputs, tps, &phrases, &minilm)?);
+    }
+    Ok(out)
+}
+
+fn run_model(
+    refiner: &mut Refiner,
+    prompts: &[String],
+    opts: &EvalOptions,
+) -> Result<(Vec<Output>, f64)> {
+    let mut outputs = Vec::with_capacity(prompts.len());
+    let (mut tokens, mut secs) = (0usize, 0f64);
+    for (c, chunk) in prompts.chunks(opts.batch.max(1)).enumerate() {
+        let reqs: Vec<RefineRequest> = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, p)| RefineRequest {
+                prompt: p.clone(),
+                seed: Some(opts.seed + (c * opts.batch + i) as u64),
+                system: None,
+            })
+            .collect();
+        let t = Instant::now();
+        let results = refiner.refine(&reqs);
+        secs += t.elapsed().as_secs_f64();
+        for (p, r) in chunk.iter().zip(results) {
+            let r = r?;
+            tokens += r.timings.new_tokens;
+            outputs.push(Output {
+                prompt: p.clone(),
+                refined: r.refined,
+                details: r.details,
+            });
+        }
+    }
+    Ok((outputs, tokens as f64 / secs.max(1e-9)))
+}
+
+fn protected(prompt: &str) -> Vec<String> {
+    let parsed = syntax::parse(prompt);
+    parsed
+        .spans()
+        .iter()
+        .filter(|s| s.kind != SpanKind::Text)
+        .map(|s| parsed.slice(s).to_string())
+        .collect()
+}
+
+fn score(
+    name: &str,
+    outs: &[Output],
+    tokens_per_s: f64,
+    vocab: &HashSet<String>,
+    minilm: &TextEncoder,
+) -> Result<Scores> {
+    let n = outs.len() as f64;
+    let mut kept = 0usize;
+    let mut syntax_ok = 0usize;
+    let mut repeated = 0usize;
+    let (mut total_phrases, mut known) = (0usize, 0usize);
+    let (mut bigrams, mut distinct) = (0usize, HashSet::new());
+    for o in outs {
+        let ip = syntax::insertion_point(&o.prompt);
+        if o.refined.starts_with(&o.prompt[..ip]) && o.refined.ends_with(&o.prompt[ip..]) {
+            kept += 1;
+        }
+        if protected(&o.prompt) == protected(&o.refined) {
+            syntax_ok += 1;
+        }
+        let mut seen: HashSet<String> = o
+            .prompt
+            .split(',')
+            .map(|s| s.trim().to_lowercase())
+            .collect();
+        let mut rep = false;
+        for d in &o.details {
+            let d = d.trim().to_lowercase();
+            total_phrases += 1;
+            known += usize::from(vocab.contains(&d));
+            rep |= !seen.insert(d.clone());
+            let words: Vec<&str> = d.split_whitespace().collect();
+            for w in words.windows(2) {
+                bigrams += 1;
+                distinct.insert(format!("{} {}", w[0], w[1]));
+            }
+        }
+        repeated += usize::from(rep);
+    }
+    let mut relevance = 0f64;
+    for chunk in outs.chunks(64) {
+        let a: Vec<String> = chunk
+            .iter()
+            .map(|o| syntax::parse(&o.prompt).free_text())
+            .collect();
+        let b: Vec<String> = chunk
+            .iter()
+            .map(|o| syntax::parse(&o.refined).free_text())
+            .collect();
+        let ea = minilm.sentence_embeddings(&a.iter().map(String::as_str).collect::<Vec<_>>())?;
+        let eb = minilm.sentence_embeddings(&b.iter().map(String::as_str).collect::<Vec<_>>())?;
+        let cos: Tensor = (ea * eb)?.sum(1)?;
+        relevance += cos.sum_all()?.to_scalar::<f32>()? as f64;
+    }
+    let ratio = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+    Ok(Scores {
+        name: name.to_string(),
+        prompts: outs.len(),
+        prompt_kept: kept as f64 / n,
+        syntax_kept: syntax_ok as f64 / n,
+        phrases_per_prompt: total_phrases as f64 / n,
+        in_vocabulary: ratio(known, total_phrases),
+        distinct_2: ratio(distinct.len(), bigrams),
+        repeated_phrase_rate: repeated as f64 / n,
+        relevance: relevance / n,
+        tokens_per_s,
+        samples: outs.iter().take(4).map(|o| o.refined.clone()).collect(),
+    })
+}
+
+/// The scores as a Markdown table.
+pub fn markdown(scores: &[Scores]) -> String {
+    let mut s = String::from(
+        "| system | prompt kept | syntax kept | phrases/prompt | in vocabulary | distinct-2 | repeated phrase | relevance | tokens/s |\n|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in scores {
+        let tps = if r.tokens_per_s > 0.0 {
+            format!("{:.1}", r.tokens_per_s)
+        } else {
+            "-".into()
+        };
+        s.push_str(&format!(
+            "| {} | {:.1}% | {:.1}% | {:.2} | {:.1}% | {:.3} | {:.1}% | {:.3} | {tps} |\n",
+            r.name,
+            100.0 * r.prompt_kept,
+            100.0 * r.syntax_kept,
+            r.phrases_per_prompt,
+            100.0 * r.in_vocabulary,
+            r.distinct_2,
+            100.0 * r.repeated_phrase_rate,
+            r.relevance,
+        ));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn out(prompt: &str, refined: &str, details: &[&str]) -> Output {
+        Output {
+            prompt: prompt.into(),
+            refined: refined.into(),
+            details: details.iter().map(|d| d.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn scores_catch_lost_prompts_broken_syntax_repeats_and_chatter() {
+        let dir = tempfile::tempdir().unwrap();
+        prip_core::testing::write_tiny_bert(dir.path(), 1).unwrap();
+        let enc = TextEncoder::load(dir.path(), &candle_core::Device::Cpu, OpsMode::Fused).unwrap();
+        let vocab: HashSet<String> = ["oil painting", "highly detailed"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let outs = [
+            out(
+                "a cat",
+                "a cat, oil painting, highly detailed",
+                &["oil painting", "highly detailed"],
+            ),
+            out(
+                "(a dog:1.2)",
+                "(a dog:1.2), oil painting, oil painting",
+                &["oil painting", "oil painting"],
+            ),
+            out("a fox", "a fax, some words here", &["some words here"]),
+            out("a owl <lora:x:1>", "a owl <lora:x:1>, (bad)", &["(bad)"]),
+        ];
+        let s = score("t", &outs, 0.0, &vocab, &enc).unwrap();
+        assert_eq!(s.prompt_kept, 0.75);
+        assert_eq!(s.syntax_kept, 0.75);
+        assert_eq!(s.repeated_phrase_rate, 0.25);
+        assert!(
+            (s.in_vocabulary - 4.0 / 6.0).abs() < 1e-9,
+            "{}",
+            s.in_vocabulary
+        );
+        assert!((s.phrases_per_prompt - 1.5).abs() < 1e-9);
+        // Bigrams: oil painting x3, highly detailed, some words, words here -> 4 of 6 distinct.
+        assert!((s.distinct_2 - 4.0 / 6.0).abs() < 1e-9, "{}", s.distinct_2);
+        assert!(s.relevance > 0.0 && s.relevance <= 1.0 + 1e-6);
+        let table = markdown(&[s]);
+        assert!(table.contains("| t | 75.0% | 75.0% |"), "{table}");
+    }
+}
