@@ -159,3 +159,53 @@ fn bad_training_configs_fail_in_one_line() {
         assert!(err.contains(want), "{err}");
     }
 }
+
+/// Uses the real clip-interrogator vocabulary and MiniLM through the model store (the
+/// user's $PRIP_HOME or ~/.cache/prip, fetched on first use); the refiner is tiny.
+#[test]
+fn eval_text_scores_every_variant_the_same_way() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    setup(dir);
+    std::fs::write(
+        dir.join("heldout.txt"),
+        "a cat in the woods\n(a red fox:1.2)\na castle <lora:x:0.7>\n\nan owl BREAK a moon\n",
+    )
+    .unwrap();
+    let mut cmd = Command::new(PRIP);
+    cmd.args([
+        "eval",
+        "text",
+        "--prompts",
+        "heldout.txt",
+        "--model",
+        "base",
+        "--no-pivot-model",
+        "base",
+        "--random-target-model",
+        "base",
+        "--limit",
+        "3",
+        "--json",
+        "scores.json",
+    ])
+    .current_dir(dir)
+    .env("PRIP_LOG", "error");
+    let table = ok(cmd.output().unwrap());
+    let scores: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("scores.json")).unwrap()).unwrap();
+    let rows = scores.as_array().unwrap();
+    assert_eq!(rows.len(), 6, "{table}");
+    for r in rows {
+        assert_eq!(r["prompts"], 3);
+        // The refiner's guarantees hold for every variant, trained or not.
+        assert_eq!(r["prompt_kept"], 1.0, "{r}");
+        assert_eq!(r["syntax_kept"], 1.0, "{r}");
+    }
+    assert_eq!(rows[0]["relevance"].as_f64().unwrap().round(), 1.0);
+    assert_eq!(
+        rows[1]["in_vocabulary"], 1.0,
+        "random fragments come from the vocabulary"
+    );
+    assert!(table.contains("| PRIP |"), "{table}");
+}
