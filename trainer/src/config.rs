@@ -19,6 +19,10 @@ pub struct TrainConfig {
     pub out: PathBuf,
     /// Corpus files (JSONL), read in order.
     pub train: Vec<PathBuf>,
+    /// A Hugging Face CLIP directory (config.json, model.safetensors) whose image
+    /// embeddings are the pivots of `image` records; its width must be `d_pivot`.
+    #[serde(default)]
+    pub image_encoder: Option<PathBuf>,
     /// Device: auto, cpu or cuda:N.
     #[serde(default = "default_device")]
     pub device: String,
@@ -126,6 +130,9 @@ impl TrainConfig {
     /// Makes relative paths relative to `dir`.
     pub fn rebase(&mut self, dir: &Path) {
         self.out = dir.join(&self.out);
+        if let Some(p) = &mut self.image_encoder {
+            *p = dir.join(&*p);
+        }
         for f in &mut self.train {
             *f = dir.join(&*f);
         }

@@ -11,6 +11,7 @@ pub mod data;
 pub mod diffusiondb;
 pub mod error;
 pub mod eval;
+pub mod image;
 pub mod objective;
 pub mod optim;
 pub mod params;

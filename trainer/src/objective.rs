@@ -25,6 +25,7 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::data::{Located, PreferenceRecord, Record, SystemRecord};
+use crate::image::ImageEncoder;
 use crate::params::ParamStore;
 use crate::targets::{TargetBatch, Targets};
 use crate::{Result, TrainError};
@@ -37,8 +38,8 @@ pub const PROJECTION: &str = "projection";
 /// A batch's loss and how much text it covered.
 #[derive(Debug)]
 pub struct BatchLoss {
-    /// Scalar loss.
-    pub loss: Tensor,
+    /// Scalar loss; `None` when no record of the batch was usable.
+    pub loss: Option<Tensor>,
     /// Tokens (decoder) or prompts (encoder) the loss is over.
     pub tokens: usize,
     /// Records that could not be used: (index in the batch, reason).
@@ -50,7 +51,7 @@ pub trait Objective {
     /// The corpus format.
     type Record: Record;
     /// Loss of a batch; `seed` makes any noise of this step reproducible.
-    fn loss(&mut self, batch: &[Located<Self::Record>], seed: u64) -> Result<Option<BatchLoss>>;
+    fn loss(&mut self, batch: &[Located<Self::Record>], seed: u64) -> Result<BatchLoss>;
     /// The parameters this objective trains.
     fn trainable(&self) -> Vec<(String, Var)>;
     /// Every parameter of the model (trained or not), for snapshots and export.
@@ -74,6 +75,8 @@ pub struct Parts {
     pub decoder_config: LlamaConfig,
     /// Device.
     pub device: Device,
+    /// Image encoder for `image` pivot sources.
+    pub image: Option<ImageEncoder>,
 }
 
 impl Parts {
@@ -125,6 +128,7 @@ impl Parts {
             decoder_path,
             decoder_config,
             device: device.clone(),
+            image: None,
         })
     }
 
@@ -152,12 +156,16 @@ impl Parts {
     /// Pivot targets shaped like this checkpoint's pivot.
     pub fn targets(&self) -> Result<Targets> {
         let p = &self.checkpoint.manifest.pivot;
-        Targets::new(
+        let t = Targets::new(
             self.text.clone(),
             p.num_queries,
             p.width(self.text.hidden_size()),
             &self.device,
-        )
+        )?;
+        match &self.image {
+            Some(enc) => t.with_images(enc.clone()),
+            None => Ok(t),
+        }
     }
 
     /// The prompt decoder in differentiable mode with trainable LoRA adapters named for
@@ -296,11 +304,7 @@ impl EncoderObjective {
 impl Objective for EncoderObjective {
     type Record = PreferenceRecord;
 
-    fn loss(
-        &mut self,
-        batch: &[Located<PreferenceRecord>],
-        seed: u64,
-    ) -> Result<Option<BatchLoss>> {
+    fn loss(&mut self, batch: &[Located<PreferenceRecord>], seed: u64) -> Result<BatchLoss> {
         let mut rng = StdRng::seed_from_u64(seed);
         let chosen: Vec<usize> = batch
             .iter()
@@ -320,7 +324,11 @@ impl Objective for EncoderObjective {
             failed: rejected,
         } = self.targets.many(&sources)?;
         if kept.is_empty() {
-            return Ok(None);
+            return Ok(BatchLoss {
+                loss: None,
+                tokens: 0,
+                rejected,
+            });
         }
         let prompts: Vec<&str> = kept
             .iter()
@@ -328,11 +336,11 @@ impl Objective for EncoderObjective {
             .collect();
         let pred = self.encoder.encode(&prompts)?;
         let loss = (pred - targets)?.sqr()?.mean_all()?;
-        Ok(Some(BatchLoss {
-            loss,
+        Ok(BatchLoss {
+            loss: Some(loss),
             tokens: kept.len(),
             rejected,
-        }))
+        })
     }
 
     fn trainable(&self) -> Vec<(String, Var)> {
@@ -461,7 +469,7 @@ impl DecoderObjective {
 impl Objective for DecoderObjective {
     type Record = SystemRecord;
 
-    fn loss(&mut self, batch: &[Located<SystemRecord>], seed: u64) -> Result<Option<BatchLoss>> {
+    fn loss(&mut self, batch: &[Located<SystemRecord>], seed: u64) -> Result<BatchLoss> {
         let mut rejected = Vec::new();
         let mut encoded = Vec::new();
         let mut idx = Vec::new();
@@ -496,7 +504,11 @@ impl Objective for DecoderObjective {
             None
         };
         if encoded.is_empty() {
-            return Ok(None);
+            return Ok(BatchLoss {
+                loss: None,
+                tokens: 0,
+                rejected,
+            });
         }
         let rows: Vec<PrefixRow> = encoded
             .iter()
@@ -526,11 +538,11 @@ impl Objective for DecoderObjective {
         let logits = lm.logits(&h)?;
         let labels = Tensor::from_vec(labels, tokens, hidden.device())?;
         let loss = cross_entropy(&logits, &labels)?;
-        Ok(Some(BatchLoss {
-            loss,
+        Ok(BatchLoss {
+            loss: Some(loss),
             tokens,
             rejected,
-        }))
+        })
     }
 
     fn trainable(&self) -> Vec<(String, Var)> {

@@ -186,19 +186,13 @@ pub fn train<O: Objective>(
         let epoch = stream.epoch();
         let seed = settings.seed ^ ((step as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03));
         let out_loss = objective.loss(&batch, seed)?;
-        let rejected = match &out_loss {
-            Some(l) => l.rejected.clone(),
-            None => (0..batch.len())
-                .map(|i| (i, "unusable".to_string()))
-                .collect(),
-        };
-        for (i, why) in &rejected {
+        for (i, why) in &out_loss.rejected {
             stream.reject(&batch[*i], why)?;
         }
-        let Some(out_loss) = out_loss else {
+        let Some(loss_t) = &out_loss.loss else {
             continue;
         };
-        let loss = out_loss.loss.to_scalar::<f32>()? as f64;
+        let loss = loss_t.to_scalar::<f32>()? as f64;
         if !loss.is_finite() {
             return Err(non_finite(
                 step + 1,
@@ -207,7 +201,7 @@ pub fn train<O: Objective>(
                 &out.dir,
             ));
         }
-        let grads = out_loss.loss.backward()?;
+        let grads = loss_t.backward()?;
         let lr = optim.lr_at(step, total);
         let grad_norm = match opt.step(&grads, lr) {
             Ok(n) => n,

@@ -6,6 +6,7 @@ use prip_core::device::DeviceSpec;
 use prip_core::store::ModelStore;
 
 use crate::config::TrainConfig;
+use crate::image::ImageEncoder;
 use crate::objective::{DecoderObjective, EncoderObjective, Parts};
 use crate::run::{prepare_out, train, Start, Summary};
 use crate::{Result, TrainError};
@@ -58,9 +59,15 @@ pub fn run(
     let base = Checkpoint::find(&cfg.base, store)?;
     let out = prepare_out(&base, &cfg.out)?;
     let name = stage.run_name();
+    let image = cfg
+        .image_encoder
+        .as_deref()
+        .map(|dir| ImageEncoder::load(dir, &device))
+        .transpose()?;
     match stage {
         Stage::WarmupEncoder => {
-            let parts = Parts::open(out.clone(), store, true, None, &device)?;
+            let mut parts = Parts::open(out.clone(), store, true, None, &device)?;
+            parts.image = image.clone();
             let mut obj = EncoderObjective::new(&parts, cfg.encoder.target)?;
             train(
                 &mut obj, &out, &name, &cfg.train, &cfg.run, &cfg.optim, start, progress,
@@ -71,7 +78,8 @@ pub fn run(
                 Stage::Adapt { system } => (system.as_str(), false),
                 _ => (BASE_SYSTEM, true),
             };
-            let parts = Parts::open(out.clone(), store, true, Some(system), &device)?;
+            let mut parts = Parts::open(out.clone(), store, true, Some(system), &device)?;
+            parts.image = image.clone();
             let mut obj = DecoderObjective::new(&parts, system, projection, cfg.decoder.clone())?;
             train(
                 &mut obj, &out, &name, &cfg.train, &cfg.run, &cfg.optim, start, progress,

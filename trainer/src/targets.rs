@@ -11,6 +11,7 @@ use candle_core::{Device, Tensor};
 use prip_core::encoder::TextEncoder;
 
 use crate::data::PivotSource;
+use crate::image::ImageEncoder;
 use crate::{Result, TrainError};
 
 /// The targets of a batch of sources.
@@ -28,6 +29,7 @@ pub struct TargetBatch {
 #[derive(Debug, Clone)]
 pub struct Targets {
     text: TextEncoder,
+    image: Option<ImageEncoder>,
     rows: usize,
     width: usize,
     device: Device,
@@ -45,10 +47,37 @@ impl Targets {
         }
         Ok(Self {
             text,
+            image: None,
             rows,
             width,
             device: device.clone(),
         })
+    }
+
+    /// Adds an image encoder for `image` sources; its embedding width must be the
+    /// pivot's.
+    pub fn with_images(mut self, image: ImageEncoder) -> Result<Self> {
+        if image.width() != self.width {
+            return Err(TrainError::Config(format!(
+                "the image encoder's embeddings are {} wide, the pivot {}: set [pivot] d_pivot = {}",
+                image.width(),
+                self.width,
+                image.width()
+            )));
+        }
+        self.image = Some(image);
+        Ok(self)
+    }
+
+    /// Image pivots of preprocessed images (n, 3, s, s): the embedding in every row.
+    fn images(&self, enc: &ImageEncoder, pixels: &Tensor) -> Result<Tensor> {
+        let e = enc.embed(pixels)?;
+        let n = e.dim(0)?;
+        Ok(unit_rms(
+            &e.unsqueeze(1)?
+                .broadcast_as((n, self.rows, self.width))?
+                .contiguous()?,
+        )?)
     }
 
     /// (rows, width) of every target.
@@ -99,10 +128,19 @@ impl Targets {
             if !path.is_file() {
                 return Err(format!("image {} not found", path.display()));
             }
-            return Err(format!(
-                "image {}: image pivots need an image encoder, which this build does not have; precompute pivots and give them as \"pivot\"",
-                path.display()
-            ));
+            let Some(enc) = &self.image else {
+                return Err(format!(
+                    "image {}: image pivots need image_encoder in the training config",
+                    path.display()
+                ));
+            };
+            let px = enc.pixels(path)?;
+            return px
+                .unsqueeze(0)
+                .map_err(TrainError::from)
+                .and_then(|px| self.images(enc, &px))
+                .and_then(|t| Ok(t.squeeze(0)?))
+                .map_err(|e| e.to_string());
         }
         Err("no pivot source".into())
     }
@@ -125,8 +163,31 @@ impl Targets {
                 out[i] = Some(t.get(j)?);
             }
         }
+        if let Some(enc) = &self.image {
+            let mut idx = Vec::new();
+            let mut pixels = Vec::new();
+            for (i, s) in sources.iter().enumerate() {
+                let Some(path) = s.image.as_deref().filter(|_| out[i].is_none()) else {
+                    continue;
+                };
+                match enc.pixels(path) {
+                    Ok(p) => {
+                        idx.push(i);
+                        pixels.push(p);
+                    }
+                    Err(why) => failed.push((i, why)),
+                }
+            }
+            if !pixels.is_empty() {
+                let t = self.images(enc, &Tensor::stack(&pixels, 0)?)?;
+                for (j, &i) in idx.iter().enumerate() {
+                    out[i] = Some(t.get(j)?);
+                }
+            }
+        }
+        let done: Vec<usize> = failed.iter().map(|f| f.0).collect();
         for (i, s) in sources.iter().enumerate() {
-            if out[i].is_none() {
+            if out[i].is_none() && !done.contains(&i) {
                 match self.one(s) {
                     Ok(t) => out[i] = Some(t),
                     Err(why) => failed.push((i, why)),

@@ -271,8 +271,8 @@ fn check_grads<O: Objective>(
     batch: &[prip_trainer::data::Located<O::Record>],
     expected: usize,
 ) {
-    let loss = obj.loss(batch, 1).unwrap().unwrap();
-    let grads = loss.loss.backward().unwrap();
+    let loss = obj.loss(batch, 1).unwrap().loss.unwrap();
+    let grads = loss.backward().unwrap();
     let vars = obj.trainable();
     assert_eq!(
         vars.len(),
@@ -387,4 +387,122 @@ fn an_unfinished_run_is_not_silently_restarted_and_resume_extends_it() {
     .unwrap();
     assert_eq!(s.resumed_from, Some(2));
     assert_eq!(losses(&s.metrics).len(), 4);
+}
+
+/// A tiny random CLIP vision tower with Hugging Face names (width 32 = the tiny pivot).
+fn write_tiny_clip(dir: &Path) {
+    use candle_nn::{Init, VarBuilder, VarMap};
+    use candle_transformers::models::clip::text_model::Activation;
+    use candle_transformers::models::clip::vision_model::{
+        ClipVisionConfig, ClipVisionTransformer,
+    };
+    std::fs::create_dir_all(dir).unwrap();
+    let cfg = ClipVisionConfig {
+        embed_dim: 32,
+        activation: Activation::QuickGelu,
+        intermediate_size: 64,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        projection_dim: 32,
+        num_channels: 3,
+        image_size: 32,
+        patch_size: 8,
+    };
+    let vm = VarMap::new();
+    let vb = VarBuilder::from_varmap(&vm, candle_core::DType::F32, &candle_core::Device::Cpu);
+    ClipVisionTransformer::new(vb.pp("vision_model"), &cfg).unwrap();
+    vb.get_with_hints(
+        (32, 32),
+        "visual_projection.weight",
+        Init::Randn {
+            mean: 0.0,
+            stdev: 0.2,
+        },
+    )
+    .unwrap();
+    vm.save(dir.join("model.safetensors")).unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        r#"{"model_type": "clip", "projection_dim": 32, "vision_config": {"hidden_size": 32,
+            "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "image_size": 32, "patch_size": 8, "hidden_act": "quick_gelu"}}"#,
+    )
+    .unwrap();
+}
+
+/// Images made in the test: solid colours and gradients of several sizes, PNG and JPEG.
+fn write_images(dir: &Path) -> Vec<String> {
+    let mut names = Vec::new();
+    for i in 0..6u32 {
+        let (w, h) = (40 + 7 * i, 30 + 11 * i);
+        let img = image::RgbImage::from_fn(w, h, |x, y| {
+            image::Rgb([
+                (40 * i) as u8,
+                (x * 255 / w) as u8,
+                ((y * 255 / h) as u8).wrapping_add(30 * i as u8),
+            ])
+        });
+        let name = if i % 2 == 0 {
+            format!("img{i}.png")
+        } else {
+            format!("img{i}.jpg")
+        };
+        img.save(dir.join(&name)).unwrap();
+        names.push(name);
+    }
+    names
+}
+
+#[test]
+fn image_pivots_come_from_a_clip_vision_tower() {
+    let f = Fixture::new();
+    write_tiny_clip(&f.path("clip"));
+    let names = write_images(f.dir.path());
+    let enc = prip_trainer::image::ImageEncoder::load(&f.path("clip"), &candle_core::Device::Cpu)
+        .unwrap();
+    assert_eq!(enc.width(), 32);
+    let a = enc.pixels(&f.path(&names[0])).unwrap();
+    let b = enc.pixels(&f.path(&names[1])).unwrap();
+    assert_eq!(a.dims(), &[3, 32, 32]);
+    let e = enc
+        .embed(&candle_core::Tensor::stack(&[&a, &b, &a], 0).unwrap())
+        .unwrap();
+    let e = e.to_vec2::<f32>().unwrap();
+    assert_eq!(e[0], e[2]);
+    assert_ne!(e[0], e[1]);
+    assert!(enc
+        .pixels(&f.path("nope.png"))
+        .unwrap_err()
+        .contains("nope.png"));
+
+    // Preference log whose candidates are images; one names a missing file.
+    let mut lines: Vec<String> = (0..12)
+        .map(|i| {
+            let cands: Vec<_> = (0..3)
+                .map(|c| serde_json::json!({"image": names[(i + c) % 6], "score": c as f64}))
+                .collect();
+            serde_json::json!({"prompt": SUBJECTS[i % 6], "candidates": cands}).to_string()
+        })
+        .collect();
+    lines.push(
+        r#"{"prompt": "a cat", "candidates": [{"image": "missing.png", "score": 1}]}"#.into(),
+    );
+    f.write("image-prefs.jsonl", &lines);
+    let cfg = f.config(
+        "image-prefs.jsonl",
+        "out",
+        &format!(
+            "image_encoder = \"clip\"\n{}",
+            STEPS.replace("[run]\n", "[run]\nmax_bad_share = 0.2\n")
+        ),
+    );
+    let s = stage::run(&Stage::WarmupEncoder, &cfg, &f.store, Start::Fresh, false).unwrap();
+    let l = losses(&s.metrics);
+    assert!(mean(&l[25..]) < 0.7 * mean(&l[..5]), "{l:?}");
+    assert!(s.bad.bad >= 1, "the missing image is counted: {:?}", s.bad);
+
+    // Without an image encoder, image records are skipped with a reason and too many stop the run.
+    let cfg = f.config("image-prefs.jsonl", "out2", STEPS);
+    let err = stage::run(&Stage::WarmupEncoder, &cfg, &f.store, Start::Fresh, false).unwrap_err();
+    assert!(err.to_string().contains("image_encoder"), "{err}");
 }
