@@ -18,29 +18,18 @@ const PRIP: &str = env!("CARGO_BIN_EXE_prip");
 /// Longest any command may take; a tiny model refines in well under a second.
 const DEADLINE: Duration = Duration::from_secs(60);
 
-const MANIFEST: &str = r#"format = 1
-name = "tiny"
-description = "tiny random models for CLI tests"
-
-[encoder]
-model = "enc"
-
-[decoder]
-model = "dec.gguf"
-
-[pivot]
-num_queries = 4
-d_pivot = 32
-n_layers = 1
-n_heads = 4
-mlp_ratio = 2
-
+/// The CLI tests' generation defaults on top of the tiny checkpoint.
+const GENERATION: &str = "
 [generation]
 max_new_tokens = 12
 temperature = 0.8
 top_k = 20
 top_p = 0.95
-"#;
+";
+
+fn manifest() -> String {
+    format!("{}{GENERATION}", testing::TINY_MANIFEST)
+}
 
 /// A tiny checkpoint and a private `PRIP_HOME`, both deleted on drop.
 struct Fixture {
@@ -51,9 +40,7 @@ struct Fixture {
 impl Fixture {
     fn new() -> Self {
         let ckpt = tempfile::tempdir().unwrap();
-        testing::write_tiny_bert(&ckpt.path().join("enc"), 1).unwrap();
-        testing::write_tiny_gguf(&ckpt.path().join("dec.gguf"), 2).unwrap();
-        std::fs::write(ckpt.path().join("prip.toml"), MANIFEST).unwrap();
+        testing::write_tiny_checkpoint(ckpt.path(), GENERATION).unwrap();
         Self {
             ckpt,
             home: tempfile::tempdir().unwrap(),
@@ -523,7 +510,7 @@ fn encoder_config_that_is_not_json_is_named() {
 fn bad_manifest_is_named() {
     assert_refused(
         |f| {
-            let text = MANIFEST.replace("format = 1", "format = 1\nbogus = true");
+            let text = manifest().replace("format = 1", "format = 1\nbogus = true");
             std::fs::write(f.file("prip.toml"), text).unwrap()
         },
         "prip.toml",
@@ -681,7 +668,8 @@ fn system_flag_selects_that_systems_lora_adapter() {
     std::fs::create_dir_all(f.file("lora")).unwrap();
     lora::save(&set, &f.file("lora/sd15.safetensors")).unwrap();
     let manifest = format!(
-        "{MANIFEST}\n[lora]\nrank = 4\nalpha = 4.0\n\n[systems.sd15]\nadapter = \"lora/sd15.safetensors\"\n"
+        "{}\n[lora]\nrank = 4\nalpha = 4.0\n\n[systems.sd15]\nadapter = \"lora/sd15.safetensors\"\n",
+        manifest()
     );
     std::fs::write(f.file("prip.toml"), manifest).unwrap();
     let greedy = [

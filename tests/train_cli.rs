@@ -10,27 +10,10 @@ use prip_core::testing;
 
 const PRIP: &str = env!("CARGO_BIN_EXE_prip");
 
-const MANIFEST: &str = r#"format = 1
-name = "tiny"
-
-[encoder]
-model = "enc"
-
-[decoder]
-model = "dec.gguf"
-
-[pivot]
-num_queries = 4
-n_layers = 1
-n_heads = 4
-mlp_ratio = 2
-"#;
-
 fn setup(dir: &Path) {
     let base = dir.join("base");
-    testing::write_tiny_bert(&base.join("enc"), 1).unwrap();
-    testing::write_tiny_gguf(&base.join("dec.gguf"), 2).unwrap();
-    std::fs::write(base.join("prip.toml"), MANIFEST).unwrap();
+    std::fs::create_dir_all(&base).unwrap();
+    testing::write_tiny_checkpoint(&base, "").unwrap();
     let lines: Vec<String> = (0..40)
         .map(|i| {
             serde_json::json!({"prompt": format!("subject {i}, detail {}, style {}", i % 7, i % 5)})

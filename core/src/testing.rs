@@ -611,6 +611,56 @@ pub fn write_tiny_llama(dir: &Path, seed: u64) -> TestingResult<()> {
     )
 }
 
+// ---------------------------------------------------------- checkpoint ---
+
+/// prip.toml of the tiny checkpoint written by [`write_tiny_checkpoint`]: tiny BERT in
+/// `enc/`, tiny GGUF llama in `dec.gguf`, a one-layer pivot former of 4 x 32.
+pub const TINY_MANIFEST: &str = r#"format = 1
+name = "tiny"
+
+[encoder]
+model = "enc"
+
+[decoder]
+model = "dec.gguf"
+
+[pivot]
+num_queries = 4
+d_pivot = 32
+n_layers = 1
+n_heads = 4
+mlp_ratio = 2
+"#;
+
+/// Writes a complete tiny PRIP checkpoint into `dir`: [`TINY_MANIFEST`] followed by
+/// `extra` (more TOML tables), the tiny BERT encoder and the tiny GGUF decoder.
+pub fn write_tiny_checkpoint(dir: &Path, extra: &str) -> TestingResult<()> {
+    write_tiny_bert(&dir.join("enc"), 1)?;
+    write_tiny_gguf(&dir.join("dec.gguf"), 2)?;
+    fs::write(dir.join("prip.toml"), format!("{TINY_MANIFEST}{extra}"))?;
+    Ok(())
+}
+
+/// Asserts that every variable receives a gradient with a non-zero entry from `grads`:
+/// candle's fused ops have no backward and would silently leave parameters untrained.
+pub fn assert_all_vars_get_gradients(
+    vars: &[(String, candle_core::Var)],
+    grads: &candle_core::backprop::GradStore,
+) {
+    assert!(!vars.is_empty());
+    for (name, v) in vars {
+        let g = grads
+            .get(v.as_tensor())
+            .unwrap_or_else(|| panic!("{name} got no gradient"));
+        let mag = g
+            .abs()
+            .and_then(|a| a.sum_all())
+            .and_then(|s| s.to_scalar::<f32>())
+            .unwrap();
+        assert!(mag > 0.0, "{name} has an all-zero gradient");
+    }
+}
+
 // ---------------------------------------------------------------- GGUF ---
 
 /// Converts an HF q/k projection from rotate-half RoPE layout to GGUF's

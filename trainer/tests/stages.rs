@@ -17,21 +17,9 @@ use prip_trainer::stage::{self, Stage};
 use prip_trainer::TrainError;
 use tempfile::TempDir;
 
-const MANIFEST: &str = r#"format = 1
-name = "tiny"
-
-[encoder]
-model = "enc"
-
-[decoder]
-model = "dec.gguf"
-
-[pivot]
-num_queries = 4
-n_layers = 1
-n_heads = 4
-mlp_ratio = 2
-
+/// Deterministic decoding, and LoRA on four projections: the tiny random LM needs the
+/// capacity to show its loss falling.
+const EXTRA: &str = r#"
 [generation]
 max_new_tokens = 6
 temperature = 0.0
@@ -68,9 +56,8 @@ impl Fixture {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let base = dir.path().join("base");
-        testing::write_tiny_bert(&base.join("enc"), 1).unwrap();
-        testing::write_tiny_gguf(&base.join("dec.gguf"), 2).unwrap();
-        std::fs::write(base.join("prip.toml"), MANIFEST).unwrap();
+        std::fs::create_dir_all(&base).unwrap();
+        testing::write_tiny_checkpoint(&base, EXTRA).unwrap();
         let store = ModelStore::new(dir.path().join("home"));
         let f = Self { dir, store };
         f.write("system.jsonl", &system_lines(24));
