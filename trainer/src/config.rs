@@ -114,6 +114,24 @@ pub struct EncoderSettings {
     pub target: TargetChoice,
 }
 
+/// `a/b/../c` -> `a/c`, without touching the file system (the output may not exist yet).
+fn tidy(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir
+                if matches!(out.components().next_back(), Some(Component::Normal(_))) =>
+            {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
 impl TrainConfig {
     /// Reads a config file; relative paths inside become relative to its directory.
     pub fn load(path: &Path) -> Result<Self> {
@@ -129,14 +147,14 @@ impl TrainConfig {
 
     /// Makes relative paths relative to `dir`.
     pub fn rebase(&mut self, dir: &Path) {
-        self.out = dir.join(&self.out);
+        self.out = tidy(&dir.join(&self.out));
         if let Some(p) = &mut self.image_encoder {
-            *p = dir.join(&*p);
+            *p = tidy(&dir.join(&*p));
         }
         for f in &mut self.train {
-            *f = dir.join(&*f);
+            *f = tidy(&dir.join(&*f));
         }
-        let base = dir.join(&self.base);
+        let base = tidy(&dir.join(&self.base));
         if base.join(prip_core::checkpoint::MANIFEST).is_file() {
             self.base = base.display().to_string();
         }
@@ -164,5 +182,20 @@ impl TrainConfig {
             return Err("train lists no corpus files".into());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_relative_to_the_config_and_tidied() {
+        assert_eq!(
+            tidy(Path::new("examples/train/../../target/x")),
+            PathBuf::from("target/x")
+        );
+        assert_eq!(tidy(Path::new("../a/./b")), PathBuf::from("../a/b"));
+        assert_eq!(tidy(Path::new("/a/../b")), PathBuf::from("/b"));
     }
 }
