@@ -15,7 +15,7 @@ use crate::{Result, TrainError};
 
 /// CLIP's normalisation (CLIPImageProcessor defaults).
 const MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
-const STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
+const STD: [f32; 3] = [0.268_629_54, 0.261_302_6, 0.275_777_1];
 
 #[derive(Debug, Deserialize)]
 struct VisionConfig {
