@@ -259,27 +259,10 @@ fn check_grads<O: Objective>(
     expected: usize,
 ) {
     let loss = obj.loss(batch, 1).unwrap().loss.unwrap();
-    let grads = loss.backward().unwrap();
     let vars = obj.trainable();
-    assert_eq!(
-        vars.len(),
-        expected,
-        "{:?}",
-        vars.iter().map(|v| &v.0).collect::<Vec<_>>()
-    );
-    for (name, v) in vars {
-        let g = grads
-            .get(v.as_tensor())
-            .unwrap_or_else(|| panic!("{name} has no gradient"));
-        let m = g
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        assert!(m > 0.0, "{name} has a zero gradient");
-    }
+    let names: Vec<&String> = vars.iter().map(|v| &v.0).collect();
+    assert_eq!(vars.len(), expected, "{names:?}");
+    testing::assert_all_vars_get_gradients(&vars, &loss.backward().unwrap());
 }
 
 #[test]
