@@ -63,36 +63,41 @@ pub fn tensor_name(layer: usize, target: &str, which: &str) -> String {
 pub fn load(path: &Path, cfg: &LoraConfig, device: &Device) -> Result<LoraSet> {
     let tensors: HashMap<String, Tensor> =
         candle_core::safetensors::load(path, device).map_err(|e| Error::bad_file(path, e))?;
+    from_tensors(&tensors, cfg).map_err(|e| Error::bad_file(path, e))
+}
+
+/// Assembles an adapter set from PEFT-named tensors (a loaded file, or a trainer's
+/// parameters), or says in one line why they are not one.
+pub fn from_tensors(
+    tensors: &HashMap<String, Tensor>,
+    cfg: &LoraConfig,
+) -> std::result::Result<LoraSet, String> {
     let scale = cfg.alpha / cfg.rank as f64;
     let mut set = Vec::new();
-    for (name, a) in &tensors {
+    for (name, a) in tensors {
         let Some(rest) = name.strip_suffix(".lora_A.weight") else {
             continue;
         };
         let Some((layer, target)) = parse_site(rest) else {
-            return Err(Error::bad_file(
-                path,
-                format!("unexpected LoRA tensor {name}"),
-            ));
+            return Err(format!("unexpected LoRA tensor {name}"));
         };
         let b_name = format!("{rest}.lora_B.weight");
         let b = tensors
             .get(&b_name)
-            .ok_or_else(|| Error::bad_file(path, format!("{name} has no matching {b_name}")))?;
-        let (a, b) = (a.to_dtype(DType::F32)?, b.to_dtype(DType::F32)?);
-        if a.dims2()?.0 != cfg.rank {
-            return Err(Error::bad_file(
-                path,
-                format!("{name} has shape {:?}, rank is {}", a.shape(), cfg.rank),
+            .ok_or_else(|| format!("{name} has no matching {b_name}"))?;
+        let f32 = |t: &Tensor| t.to_dtype(DType::F32).map_err(|e| e.to_string());
+        let (a, b) = (f32(a)?, f32(b)?);
+        if a.dims2().map_err(|e| e.to_string())?.0 != cfg.rank {
+            return Err(format!(
+                "{name} has shape {:?}, rank is {}",
+                a.shape(),
+                cfg.rank
             ));
         }
         set.push((layer, target, Lora { a, b, scale }));
     }
     if set.is_empty() {
-        return Err(Error::bad_file(
-            path,
-            "no LoRA tensors (expected PEFT names ending in lora_A.weight)",
-        ));
+        return Err("no LoRA tensors (expected PEFT names ending in lora_A.weight)".into());
     }
     set.sort_by(|x, y| (x.0, &x.1).cmp(&(y.0, &y.1)));
     Ok(set)

@@ -581,35 +581,8 @@ fn gaussian(rng: &mut StdRng) -> f64 {
 }
 
 /// The LoRA adapter of a trained objective as a saveable set.
-pub fn lora_set(params: &ParamStore, cfg: &LoraConfig) -> LoraSet {
-    let scale = cfg.alpha / cfg.rank as f64;
-    let vars = params.snapshot("base_model.");
-    let mut set = Vec::new();
-    for (name, a) in &vars {
-        let Some(rest) = name.strip_suffix(".lora_A.weight") else {
-            continue;
-        };
-        let Some(b) = vars.get(&format!("{rest}.lora_B.weight")) else {
-            continue;
-        };
-        let mut parts = rest.rsplit('.');
-        let target = parts.next().unwrap_or_default().to_string();
-        let _block = parts.next();
-        let Some(layer) = parts.next().and_then(|l| l.parse().ok()) else {
-            continue;
-        };
-        set.push((
-            layer,
-            target,
-            Lora {
-                a: a.clone(),
-                b: b.clone(),
-                scale,
-            },
-        ));
-    }
-    set.sort_by(|x, y| (x.0, &x.1).cmp(&(y.0, &y.1)));
-    set
+pub fn lora_set(params: &ParamStore, cfg: &LoraConfig) -> Result<LoraSet> {
+    lora::from_tensors(&params.snapshot("base_model."), cfg).map_err(TrainError::Config)
 }
 
 /// Tensors of the head (pivot former and projection) for head.safetensors.

@@ -326,7 +326,7 @@ pub fn export<O: Objective>(objective: &O, out: &Checkpoint, dtype: DType) -> Re
         .collect::<candle_core::Result<HashMap<_, _>>>()?;
     save_atomic(&tensors, &head)?;
     if let Some(system) = objective.system() {
-        let mut set = lora_set(objective.params(), &m.lora);
+        let mut set = lora_set(objective.params(), &m.lora)?;
         for (_, _, l) in &mut set {
             l.a = cast(l.a.clone())?;
             l.b = cast(l.b.clone())?;
