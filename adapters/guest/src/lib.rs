@@ -1,0 +1,133 @@
+//! One protocol of prip-protocols exported as a component of `adapters/wit`.
+//!
+//! prip-adapters' build script compiles this crate for wasm32 once per protocol
+//! feature and turns each module into a component. Built natively (as the workspace
+//! does for tests and lints) it only type-checks the bindings.
+
+// The generated canonical-ABI shims take one argument per flattened record field.
+#![allow(clippy::too_many_arguments)]
+
+wit_bindgen::generate!({ path: "../wit", world: "adapter" });
+
+use prip::adapter::types as wit;
+
+/// Converts between the WIT types and prip-protocols' identical native ones.
+#[allow(dead_code)]
+mod convert {
+    use super::wit;
+    use prip_protocols as native;
+
+    pub fn info(i: native::Info) -> wit::Info {
+        wit::Info {
+            name: i.name,
+            version: i.version,
+            routes: i
+                .routes
+                .into_iter()
+                .map(|r| wit::Route {
+                    method: r.method,
+                    path: r.path,
+                })
+                .collect(),
+            annotates: i.annotates,
+        }
+    }
+
+    pub fn slot(s: native::Slot) -> wit::Slot {
+        wit::Slot {
+            id: s.id,
+            text: s.text,
+            polarity: match s.polarity {
+                native::Polarity::Positive => wit::Polarity::Positive,
+                native::Polarity::Negative => wit::Polarity::Negative,
+                native::Polarity::Unknown => wit::Polarity::Unknown,
+            },
+            role: s.role,
+            encoder: s.encoder,
+        }
+    }
+
+    pub fn request(r: wit::Request) -> native::Request {
+        native::Request {
+            method: r.method,
+            path: r.path,
+            query: r.query,
+            headers: r.headers,
+            body: r.body,
+        }
+    }
+
+    pub fn replacements(r: Vec<wit::Replacement>) -> Vec<native::Replacement> {
+        r.into_iter()
+            .map(|r| native::Replacement {
+                id: r.id,
+                original: r.original,
+                text: r.text,
+            })
+            .collect()
+    }
+
+    pub fn response(r: wit::Response) -> native::Response {
+        native::Response {
+            status: r.status,
+            headers: r.headers,
+            body: r.body,
+        }
+    }
+}
+
+/// Exports `$protocol` (a prip-protocols unit struct) as this component.
+#[allow(unused_macros)]
+macro_rules! export_protocol {
+    ($protocol:expr) => {
+        struct Component;
+
+        impl Guest for Component {
+            fn describe() -> wit::Info {
+                convert::info(prip_protocols::Protocol::describe(&$protocol))
+            }
+
+            fn extract(req: wit::Request) -> Result<Vec<wit::Slot>, String> {
+                prip_protocols::Protocol::extract(&$protocol, &convert::request(req))
+                    .map(|s| s.into_iter().map(convert::slot).collect())
+            }
+
+            fn apply(
+                req: wit::Request,
+                replacements: Vec<wit::Replacement>,
+            ) -> Result<Vec<u8>, String> {
+                prip_protocols::Protocol::apply(
+                    &$protocol,
+                    &convert::request(req),
+                    &convert::replacements(replacements),
+                )
+            }
+
+            fn annotate(
+                req: wit::Request,
+                replacements: Vec<wit::Replacement>,
+                resp: wit::Response,
+            ) -> Result<Option<Vec<u8>>, String> {
+                prip_protocols::Protocol::annotate(
+                    &$protocol,
+                    &convert::request(req),
+                    &convert::replacements(replacements),
+                    &convert::response(resp),
+                )
+            }
+        }
+
+        export!(Component);
+    };
+}
+
+#[cfg(feature = "a1111")]
+export_protocol!(prip_protocols::a1111::A1111);
+#[cfg(feature = "comfyui")]
+export_protocol!(prip_protocols::comfyui::ComfyUi);
+#[cfg(feature = "diffusers")]
+export_protocol!(prip_protocols::diffusers::Diffusers);
+#[cfg(feature = "openai-images")]
+export_protocol!(prip_protocols::openai_images::OpenAiImages);
+#[cfg(feature = "faulty")]
+export_protocol!(prip_protocols::cases::Faulty);
