@@ -12,6 +12,47 @@ pub struct Config {
     /// Defaults of `prip refine`.
     #[serde(default)]
     pub refine: RefineDefaults,
+    /// Defaults of `prip serve`.
+    #[serde(default)]
+    pub serve: ServeDefaults,
+}
+
+/// Keys of `[serve]`, named like the flags of `prip serve`.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeDefaults {
+    /// --upstream
+    pub upstream: Option<String>,
+    /// --listen
+    pub listen: Option<std::net::SocketAddr>,
+    /// --adapter
+    pub adapter: Option<String>,
+    /// --adapters-dir
+    pub adapters_dir: Option<std::path::PathBuf>,
+    /// --token
+    pub token: Option<String>,
+    /// --allow-public
+    pub allow_public: Option<bool>,
+    /// --prompts
+    pub prompts: Option<Vec<String>>,
+    /// --refine-timeout (seconds)
+    pub refine_timeout: Option<f64>,
+    /// --upstream-timeout (seconds)
+    pub upstream_timeout: Option<f64>,
+    /// --max-body-mb
+    pub max_body_mb: Option<usize>,
+    /// --queue
+    pub queue: Option<usize>,
+    /// --max-batch
+    pub max_batch: Option<usize>,
+    /// --model
+    pub model: Option<String>,
+    /// --system
+    pub system: Option<String>,
+    /// --device
+    pub device: Option<String>,
+    /// --seed
+    pub seed: Option<u64>,
 }
 
 /// Keys of `[refine]`, named like the flags.

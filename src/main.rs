@@ -4,6 +4,7 @@ mod config;
 mod eval_cmd;
 mod models_cmd;
 mod refine_cmd;
+mod serve_cmd;
 mod train_cmd;
 
 use std::path::PathBuf;
@@ -26,6 +27,8 @@ struct Cli {
 enum Command {
     /// Refine prompts given as arguments, or one per line on stdin.
     Refine(refine_cmd::RefineArgs),
+    /// Run a reverse proxy that refines prompts on their way to an image server.
+    Serve(serve_cmd::ServeArgs),
     /// Manage the packaged base models.
     Models {
         #[command(subcommand)]
@@ -54,6 +57,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = config::Config::load(cli.config.as_deref()).and_then(|cfg| match cli.command {
         Command::Refine(args) => refine_cmd::run(args, &cfg),
+        Command::Serve(args) => serve_cmd::run(args, &cfg),
         Command::Models { command } => models_cmd::run(command),
         Command::Train { command } => train_cmd::run(command),
         Command::Eval { command } => eval_cmd::run(command),

@@ -2,7 +2,11 @@
 //!
 //! Protocol adapters are WebAssembly components of the contract in `adapters/wit`
 //! ([`sandbox`]); the built-in ones are compiled from prip-protocols at build time
-//! ([`builtin`]).
+//! ([`builtin`]). [`proxy`] puts them in front of an image server, with the model work
+//! on its own thread ([`refine`]) and counters for Prometheus ([`metrics`]).
 
 pub mod builtin;
+pub mod metrics;
+pub mod proxy;
+pub mod refine;
 pub mod sandbox;

@@ -1,0 +1,331 @@
+//! A request on a claimed route: buffer it, let the adapter find the prompts, refine
+//! the wanted ones through the queue, let the adapter write them back, send that
+//! upstream. Any failure on the way sends the original bytes instead.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_LENGTH, TRANSFER_ENCODING};
+use hyper::{Request, Response, StatusCode};
+use prip_protocols as native;
+
+use super::{forward, full, json_error, Body, State, X_PRIP_ADAPTER};
+use crate::metrics::Outcome;
+use crate::refine::Prompt;
+use crate::sandbox::CallError;
+
+/// What the client sent, kept to forward as is when refinement fails.
+struct Original {
+    parts: hyper::http::request::Parts,
+    body: Bytes,
+}
+
+impl Original {
+    /// A request with the original head and `body`.
+    fn with_body(&self, body: Bytes) -> Request<Body> {
+        let mut req = Request::builder()
+            .method(self.parts.method.clone())
+            .uri(self.parts.uri.clone())
+            .version(self.parts.version)
+            .body(
+                Full::new(body.clone())
+                    .map_err(|never| match never {})
+                    .boxed(),
+            )
+            .expect("parts of a valid request");
+        *req.headers_mut() = self.parts.headers.clone();
+        let headers = req.headers_mut();
+        headers.remove(TRANSFER_ENCODING);
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+        req
+    }
+
+    fn native(&self) -> native::Request {
+        native::Request {
+            method: self.parts.method.as_str().to_string(),
+            path: self.parts.uri.path().to_string(),
+            query: self.parts.uri.query().unwrap_or("").to_string(),
+            headers: self
+                .parts
+                .headers
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.as_str().to_string(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
+                .collect(),
+            body: self.body.to_vec(),
+        }
+    }
+}
+
+pub(super) async fn refine(
+    state: &State,
+    candidates: Vec<usize>,
+    req: Request<Incoming>,
+) -> (Outcome, Response<Body>) {
+    let limit = state.cfg.max_body_bytes;
+    let (parts, body) = req.into_parts();
+    let declared = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return too_large(state, limit);
+    }
+    let body = match read_limited(body, limit).await {
+        Ok(b) => b,
+        Err(ReadError::TooLarge) => return too_large(state, limit),
+        Err(ReadError::Body(e)) => {
+            state.metrics.failure("client_body");
+            let msg = format!("reading the request body: {e}");
+            return (Outcome::Error, json_error(StatusCode::BAD_REQUEST, &msg));
+        }
+    };
+    let original = Original { parts, body };
+    match rewrite(state, &candidates, &original).await {
+        Rewrite::Refined {
+            adapter,
+            body,
+            replacements,
+            native,
+        } => {
+            let mut resp = forward::send(state, original.with_body(body)).await;
+            let name = state.host.adapters()[adapter].info.name.clone();
+            if state.host.adapters()[adapter].info.annotates {
+                resp = annotate(state, adapter, native, replacements, resp).await;
+            }
+            if let Ok(v) = HeaderValue::from_str(&name) {
+                resp.headers_mut().insert(X_PRIP_ADAPTER, v);
+            }
+            (Outcome::Refined, resp)
+        }
+        Rewrite::Unchanged(outcome) => {
+            let resp = forward::send(state, original.with_body(original.body.clone())).await;
+            (outcome, resp)
+        }
+    }
+}
+
+fn too_large(state: &State, limit: usize) -> (Outcome, Response<Body>) {
+    state.metrics.failure("body_too_large");
+    let msg = format!("request body is larger than the proxy's limit of {limit} bytes");
+    (
+        Outcome::Error,
+        json_error(StatusCode::PAYLOAD_TOO_LARGE, &msg),
+    )
+}
+
+enum Rewrite {
+    Refined {
+        adapter: usize,
+        body: Bytes,
+        replacements: Vec<native::Replacement>,
+        native: native::Request,
+    },
+    Unchanged(Outcome),
+}
+
+/// The adapter calls and the refinement; never fails, it reports what to forward.
+async fn rewrite(state: &State, candidates: &[usize], original: &Original) -> Rewrite {
+    let native = Arc::new(original.native());
+    let mut first_error: Option<CallError> = None;
+    let mut found = None;
+    for &idx in candidates {
+        let host = state.host.clone();
+        let req = native.clone();
+        match blocking(move || host.extract(idx, &req)).await {
+            Ok(slots) if !slots.is_empty() => {
+                found = Some((idx, slots));
+                break;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    let Some((idx, slots)) = found else {
+        return match first_error {
+            Some(e) => {
+                report(state, &e);
+                Rewrite::Unchanged(Outcome::Error)
+            }
+            None => Rewrite::Unchanged(Outcome::Skipped),
+        };
+    };
+    let wanted: Vec<native::Slot> = slots
+        .into_iter()
+        .filter(|s| state.cfg.polarities.contains(&s.polarity))
+        .collect();
+    if wanted.is_empty() {
+        return Rewrite::Unchanged(Outcome::Skipped);
+    }
+    let started = Instant::now();
+    let prompts = wanted
+        .iter()
+        .map(|s| Prompt {
+            text: s.text.clone(),
+            system: state.cfg.system.clone(),
+            seed: state.cfg.seed,
+        })
+        .collect();
+    let results =
+        match tokio::time::timeout(state.cfg.refine_timeout, state.queue.refine(prompts)).await {
+            Ok(Ok(results)) => results,
+            Ok(Err(e)) => {
+                state.metrics.failure(match e {
+                    crate::refine::QueueError::Full => "refine_queue_full",
+                    crate::refine::QueueError::Stopped => "refine_stopped",
+                });
+                tracing::warn!("{e}; forwarding the original request");
+                return Rewrite::Unchanged(Outcome::Error);
+            }
+            Err(_) => {
+                state.metrics.failure("refine_timeout");
+                tracing::warn!(
+                    "refinement took longer than {:?}; forwarding the original request",
+                    state.cfg.refine_timeout
+                );
+                return Rewrite::Unchanged(Outcome::Error);
+            }
+        };
+    let mut replacements = Vec::new();
+    for (slot, result) in wanted.iter().zip(results) {
+        match result {
+            Ok(text) => replacements.push(native::Replacement {
+                id: slot.id.clone(),
+                original: slot.text.clone(),
+                text,
+            }),
+            Err(e) => {
+                state.metrics.failure("refine_error");
+                tracing::warn!("refining slot {}: {e}", slot.id);
+            }
+        }
+    }
+    if replacements.is_empty() {
+        return Rewrite::Unchanged(Outcome::Error);
+    }
+    state.metrics.refined(replacements.len(), started.elapsed());
+    let host = state.host.clone();
+    let (req, reps) = (native.clone(), replacements.clone());
+    match blocking(move || host.apply(idx, &req, &reps)).await {
+        Ok(body) => Rewrite::Refined {
+            adapter: idx,
+            body: body.into(),
+            replacements,
+            native: Arc::unwrap_or_clone(native),
+        },
+        Err(e) => {
+            report(state, &e);
+            Rewrite::Unchanged(Outcome::Error)
+        }
+    }
+}
+
+/// Lets the adapter rewrite the upstream's answer; on any failure the answer goes to
+/// the client as the upstream sent it.
+async fn annotate(
+    state: &State,
+    idx: usize,
+    req: native::Request,
+    replacements: Vec<native::Replacement>,
+    resp: Response<Body>,
+) -> Response<Body> {
+    let (mut parts, body) = resp.into_parts();
+    let bytes = match read_limited(body, state.cfg.max_body_bytes).await {
+        Ok(b) => b,
+        Err(e) => {
+            state.metrics.failure("upstream_body");
+            let msg = format!("reading the upstream's answer: {e}");
+            return json_error(StatusCode::BAD_GATEWAY, &msg);
+        }
+    };
+    let answer = native::Response {
+        status: parts.status.as_u16(),
+        headers: parts
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect(),
+        body: bytes.to_vec(),
+    };
+    let host = state.host.clone();
+    let new = match blocking(move || host.annotate(idx, &req, &replacements, &answer)).await {
+        Ok(Some(new)) => Bytes::from(new),
+        Ok(None) => bytes,
+        Err(e) => {
+            report(state, &e);
+            bytes
+        }
+    };
+    parts.headers.remove(TRANSFER_ENCODING);
+    parts
+        .headers
+        .insert(CONTENT_LENGTH, HeaderValue::from(new.len()));
+    Response::from_parts(parts, full(new))
+}
+
+fn report(state: &State, e: &CallError) {
+    state.metrics.failure(e.kind.as_str());
+    tracing::warn!("{e}; forwarding the original request");
+}
+
+/// Runs an adapter call on the blocking pool; a panic there is a trap, not a crash.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, CallError> + Send + 'static,
+) -> Result<T, CallError> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        Err(CallError {
+            adapter: "host".into(),
+            kind: crate::sandbox::FailureKind::Trap,
+            message: e.to_string(),
+        })
+    })
+}
+
+enum ReadError {
+    TooLarge,
+    Body(String),
+}
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadError::TooLarge => f.write_str("body too large"),
+            ReadError::Body(e) => f.write_str(e),
+        }
+    }
+}
+
+/// Buffers a body of at most `limit` bytes. (http-body-util's `Limited` would do, but
+/// its boxed error trips the compiler's Send inference in this async fn.)
+async fn read_limited<B>(mut body: B, limit: usize) -> Result<Bytes, ReadError>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ReadError::Body(e.to_string()))?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > limit {
+                return Err(ReadError::TooLarge);
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(buf.freeze())
+}

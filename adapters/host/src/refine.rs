@@ -1,0 +1,144 @@
+//! Model work off the async threads: one worker thread owns the refiner and takes
+//! jobs from a bounded queue; jobs waiting when it comes round are refined as one
+//! batch.
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+/// One prompt to refine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prompt {
+    /// The text as the server would read it.
+    pub text: String,
+    /// Generation system (LoRA) to use, the model's default when `None`.
+    pub system: Option<String>,
+    /// Sampling seed; random when `None`.
+    pub seed: Option<u64>,
+}
+
+/// Something that refines prompts in batches: the in-process prip-core refiner, or a
+/// refiner library loaded through the C ABI.
+pub trait PromptRefiner: Send + 'static {
+    /// One result per prompt, in order; an error is one line.
+    fn refine(&mut self, prompts: &[Prompt]) -> Vec<Result<String, String>>;
+}
+
+impl PromptRefiner for prip_core::Refiner {
+    fn refine(&mut self, prompts: &[Prompt]) -> Vec<Result<String, String>> {
+        let requests: Vec<prip_core::RefineRequest> = prompts
+            .iter()
+            .map(|p| prip_core::RefineRequest {
+                prompt: p.text.clone(),
+                seed: p.seed,
+                system: p.system.clone(),
+            })
+            .collect();
+        prip_core::Refiner::refine(self, &requests)
+            .into_iter()
+            .map(|r| r.map(|r| r.refined).map_err(|e| e.to_string()))
+            .collect()
+    }
+}
+
+/// Why a job got no answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum QueueError {
+    /// The queue was full.
+    #[error("refine queue is full")]
+    Full,
+    /// The worker is gone (the refiner panicked).
+    #[error("refiner worker stopped")]
+    Stopped,
+}
+
+struct Job {
+    prompts: Vec<Prompt>,
+    reply: oneshot::Sender<Vec<Result<String, String>>>,
+}
+
+/// The sending side; clone freely.
+#[derive(Clone)]
+pub struct RefineQueue {
+    tx: mpsc::Sender<Job>,
+    batches: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl std::fmt::Debug for RefineQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RefineQueue").finish_non_exhaustive()
+    }
+}
+
+impl RefineQueue {
+    /// Starts the worker thread. `capacity` jobs may wait; a batch holds at most
+    /// `max_batch` prompts (a single larger job still runs whole).
+    pub fn start(
+        mut refiner: Box<dyn PromptRefiner>,
+        capacity: usize,
+        max_batch: usize,
+    ) -> std::io::Result<Self> {
+        let (tx, mut rx) = mpsc::channel::<Job>(capacity.max(1));
+        let batches = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = batches.clone();
+        std::thread::Builder::new()
+            .name("prip-refiner".into())
+            .spawn(move || {
+                while let Some(first) = rx.blocking_recv() {
+                    let mut jobs = vec![first];
+                    let mut size = jobs[0].prompts.len();
+                    while size < max_batch {
+                        match rx.try_recv() {
+                            Ok(job) => {
+                                size += job.prompts.len();
+                                jobs.push(job);
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    // A caller that gave up (timed out) no longer needs its prompts.
+                    jobs.retain(|j| !j.reply.is_closed());
+                    if jobs.is_empty() {
+                        continue;
+                    }
+                    let prompts: Vec<Prompt> = jobs
+                        .iter()
+                        .flat_map(|j| j.prompts.iter().cloned())
+                        .collect();
+                    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let mut results = refiner.refine(&prompts).into_iter();
+                    for job in jobs {
+                        let mine: Vec<_> = (0..job.prompts.len())
+                            .map(|_| {
+                                results.next().unwrap_or_else(|| {
+                                    Err("refiner returned too few results".into())
+                                })
+                            })
+                            .collect();
+                        let _ = job.reply.send(mine);
+                    }
+                }
+            })?;
+        Ok(Self { tx, batches })
+    }
+
+    /// Refines `prompts` together with whatever else is waiting.
+    pub async fn refine(
+        &self,
+        prompts: Vec<Prompt>,
+    ) -> Result<Vec<Result<String, String>>, QueueError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .try_send(Job { prompts, reply })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => QueueError::Full,
+                mpsc::error::TrySendError::Closed(_) => QueueError::Stopped,
+            })?;
+        answer.await.map_err(|_| QueueError::Stopped)
+    }
+
+    /// Batches run so far.
+    pub fn batches(&self) -> u64 {
+        self.batches.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
