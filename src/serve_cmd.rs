@@ -109,6 +109,7 @@ pub fn run(args: ServeArgs, cfg: &Config) -> anyhow::Result<ExitCode> {
     serve.system = args.system.or_else(|| d.system.clone());
     serve.seed = args.seed.or(d.seed);
 
+    serve.check(listen)?;
     let mut host = AdapterHost::with_builtin(Limits::default())?;
     if let Some(dir) = args.adapters_dir.or_else(|| d.adapters_dir.clone()) {
         for e in host.load_dir(&dir)? {

@@ -77,6 +77,16 @@ pub struct ServeConfig {
 }
 
 impl ServeConfig {
+    /// The mistakes a config can hold before anything is loaded: an unusable upstream
+    /// URL, or a public `listen` address without a token.
+    pub fn check(&self, listen: SocketAddr) -> Result<(), ServeError> {
+        forward::Upstream::parse(&self.upstream)?;
+        if !listen.ip().is_loopback() && self.token.is_none() && !self.allow_public {
+            return Err(ServeError::PublicWithoutToken(listen));
+        }
+        Ok(())
+    }
+
     /// Defaults for `upstream`: positive prompts only, 30 s to refine, 10 min for the
     /// upstream (a generation can take that long), 32 MiB bodies.
     pub fn new(upstream: impl Into<String>) -> Self {
@@ -183,12 +193,7 @@ impl Proxy {
 
     /// Binds `addr` and serves until the returned handle is shut down or dropped.
     pub async fn bind(self, addr: SocketAddr) -> Result<Running, ServeError> {
-        if !addr.ip().is_loopback()
-            && self.state.cfg.token.is_none()
-            && !self.state.cfg.allow_public
-        {
-            return Err(ServeError::PublicWithoutToken(addr));
-        }
+        self.state.cfg.check(addr)?;
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| ServeError::Bind { addr, source })?;
