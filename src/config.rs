@@ -23,6 +23,8 @@ pub struct Config {
 pub struct ServeDefaults {
     /// --upstream
     pub upstream: Option<String>,
+    /// --upstream-ca
+    pub upstream_ca: Option<std::path::PathBuf>,
     /// --listen
     pub listen: Option<std::net::SocketAddr>,
     /// --adapter

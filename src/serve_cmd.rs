@@ -20,9 +20,12 @@ use crate::config::{Config, ServeDefaults};
 /// Flags of `prip serve`; each falls back to `[serve]` in prip.toml.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// The image server: http://HOST:PORT (ComfyUI, A1111/Forge, diffusers, OpenAI-style).
+    /// The image server: http[s]://HOST:PORT (ComfyUI, A1111/Forge, diffusers, OpenAI-style).
     #[arg(long)]
     pub upstream: Option<String>,
+    /// Extra CA certificates (PEM) to trust for an https upstream.
+    #[arg(long)]
+    pub upstream_ca: Option<PathBuf>,
     /// Address to listen on [default: 127.0.0.1:7870].
     #[arg(long)]
     pub listen: Option<SocketAddr>,
@@ -84,6 +87,7 @@ pub fn run(args: ServeArgs, cfg: &Config) -> anyhow::Result<ExitCode> {
         None => "127.0.0.1:7870".parse().expect("valid address"),
     };
     let mut serve = ServeConfig::new(upstream);
+    serve.upstream_ca = args.upstream_ca.or_else(|| d.upstream_ca.clone());
     serve.token = args.token.or_else(|| d.token.clone());
     serve.allow_public = args.allow_public || d.allow_public.unwrap_or(false);
     if let Some(s) = args.refine_timeout.or(d.refine_timeout) {

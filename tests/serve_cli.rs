@@ -164,7 +164,7 @@ fn serve_config_mistakes_are_one_line_errors() {
         (&["serve"][..], "--upstream"),
         (
             &["serve", "--upstream", "ftp://x"][..],
-            "scheme must be http",
+            "scheme must be http or https",
         ),
         (
             &[

@@ -398,10 +398,33 @@ async fn public_address_needs_a_token_or_a_flag() {
     assert!(err.to_string().contains("--allow-public"), "{err}");
 
     let queue = prip_adapters::refine::RefineQueue::start(Box::new(tiny_refiner()), 4, 4).unwrap();
-    let mut cfg = prip_adapters::proxy::ServeConfig::new("https://example.invalid");
+    let mut cfg = prip_adapters::proxy::ServeConfig::new("ftp://example.invalid");
     assert!(prip_adapters::proxy::Proxy::new(cfg.clone(), host(), queue.clone()).is_err());
     cfg.upstream = "http://127.0.0.1:1".into();
     cfg.adapter = AdapterChoice::Named("nope".into());
     let err = prip_adapters::proxy::Proxy::new(cfg, host(), queue).unwrap_err();
     assert!(err.to_string().contains("a1111, comfyui"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_upstream_with_a_private_ca() {
+    let (fake, ca) = start_fake_tls(Kind::A1111).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca).unwrap();
+    let (proxy, _) = start_proxy(&fake.url(), |c| c.upstream_ca = Some(ca_file.clone())).await;
+    let sent = json!({"prompt": "a fox", "negative_prompt": "blurry"});
+    let got = post_json(proxy.local_addr(), "/sdapi/v1/txt2img", &sent).await;
+    assert_eq!((got.status, got.prip()), (200, "refined"));
+    assert_eq!(
+        fake.last().json()["prompt"],
+        json!(expected_refinement("a fox"))
+    );
+
+    // Without the CA the certificate is refused: a 502, not a plain-text connection.
+    let (untrusting, metrics) = start_proxy(&fake.url(), |_| {}).await;
+    let got = post_json(untrusting.local_addr(), "/sdapi/v1/txt2img", &sent).await;
+    assert_eq!(got.status, 502);
+    assert_eq!(fake.seen().len(), 1);
+    assert_eq!(metrics.failures("upstream_connect"), 1);
 }

@@ -1,42 +1,48 @@
-//! Sending requests upstream and answers back, byte for byte; hop-by-hop headers are
+//! Sending requests upstream (http or https) and answers back, byte for byte; hop-by-hop headers are
 //! the only thing dropped. Upstream failures become JSON errors: 502 when it refuses or
 //! breaks the connection, 504 when it does not answer in time.
 
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::BodyExt;
 use hyper::header::{HeaderName, CONNECTION, UPGRADE};
 use hyper::http::uri::{Authority, PathAndQuery, Scheme};
 use hyper::{HeaderMap, Request, Response, StatusCode, Uri};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
 
 use super::{json_error, Body, BoxError, ServeError, State};
 
 /// The image server behind the proxy.
 pub(super) struct Upstream {
-    client: Client<HttpConnector, Body>,
+    client: Client<HttpsConnector<HttpConnector>, Body>,
     scheme: Scheme,
     authority: Authority,
     base_path: String,
 }
 
 impl Upstream {
-    pub(super) fn parse(url: &str) -> Result<Self, ServeError> {
+    /// `url` is `http://` or `https://`; https upstreams are verified against the
+    /// bundled web PKI roots plus the PEM certificates in `extra_ca` (a private CA or a
+    /// self-signed server).
+    pub(super) fn parse(url: &str, extra_ca: Option<&Path>) -> Result<Self, ServeError> {
         let bad = |reason: &str| ServeError::Upstream {
             url: url.to_string(),
             reason: reason.to_string(),
         };
         let uri: Uri = url.parse().map_err(|_| bad("not a URL"))?;
-        let scheme = uri.scheme().cloned().ok_or_else(|| bad("needs http://"))?;
-        if scheme == Scheme::HTTPS {
-            return Err(bad(
-                "https upstreams are not supported yet; put the proxy next to the server and use http",
-            ));
-        }
-        if scheme != Scheme::HTTP {
-            return Err(bad("scheme must be http"));
+        let scheme = uri
+            .scheme()
+            .cloned()
+            .ok_or_else(|| bad("needs http:// or https://"))?;
+        if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
+            return Err(bad("scheme must be http or https"));
         }
         let authority = uri
             .authority()
@@ -45,9 +51,37 @@ impl Upstream {
         if uri.query().is_some() {
             return Err(bad("must not have a query string"));
         }
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(10)));
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        if let Some(path) = extra_ca {
+            let certs = CertificateDer::pem_file_iter(path)
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| bad(&format!("CA file {}: {e}", path.display())))?;
+            if certs.is_empty() {
+                return Err(bad(&format!("CA file {}: no certificates", path.display())));
+            }
+            for cert in certs {
+                roots
+                    .add(cert)
+                    .map_err(|e| bad(&format!("CA file {}: {e}", path.display())))?;
+            }
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(&e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(Duration::from_secs(10)));
+        http.enforce_http(false);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
         Ok(Self {
             client: Client::builder(TokioExecutor::new()).build(connector),
             scheme,

@@ -54,8 +54,10 @@ pub enum AdapterChoice {
 /// What `prip serve` was asked to do.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
-    /// `http://host:port[/base]` of the image server.
+    /// `http[s]://host:port[/base]` of the image server.
     pub upstream: String,
+    /// Extra CA certificates (PEM) to trust for an https upstream.
+    pub upstream_ca: Option<std::path::PathBuf>,
     /// Which adapters are used.
     pub adapter: AdapterChoice,
     /// Bearer token clients must send; `None` for none.
@@ -80,7 +82,7 @@ impl ServeConfig {
     /// The mistakes a config can hold before anything is loaded: an unusable upstream
     /// URL, or a public `listen` address without a token.
     pub fn check(&self, listen: SocketAddr) -> Result<(), ServeError> {
-        forward::Upstream::parse(&self.upstream)?;
+        forward::Upstream::parse(&self.upstream, self.upstream_ca.as_deref())?;
         if !listen.ip().is_loopback() && self.token.is_none() && !self.allow_public {
             return Err(ServeError::PublicWithoutToken(listen));
         }
@@ -92,6 +94,7 @@ impl ServeConfig {
     pub fn new(upstream: impl Into<String>) -> Self {
         Self {
             upstream: upstream.into(),
+            upstream_ca: None,
             adapter: AdapterChoice::Auto,
             token: None,
             allow_public: false,
@@ -162,7 +165,7 @@ impl Proxy {
         host: Arc<AdapterHost>,
         queue: RefineQueue,
     ) -> Result<Self, ServeError> {
-        let upstream = forward::Upstream::parse(&cfg.upstream)?;
+        let upstream = forward::Upstream::parse(&cfg.upstream, cfg.upstream_ca.as_deref())?;
         let candidates = match &cfg.adapter {
             AdapterChoice::Auto => (0..host.adapters().len()).collect(),
             AdapterChoice::Named(name) => vec![host.find(name).ok_or_else(|| {

@@ -57,11 +57,12 @@ impl Seen {
 pub struct Fake {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    scheme: &'static str,
 }
 
 impl Fake {
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
     }
 
     pub fn seen(&self) -> Vec<Seen> {
@@ -88,26 +89,61 @@ pub fn image_bytes() -> Bytes {
 }
 
 pub async fn start_fake(kind: Kind) -> Fake {
+    start_fake_on(kind, None).await
+}
+
+/// A fake speaking https with a fresh self-signed certificate for 127.0.0.1; returns
+/// the certificate (PEM) to trust.
+pub async fn start_fake_tls(kind: Kind) -> (Fake, String) {
+    let key = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let pem = key.cert.pem();
+    let der = rustls::pki_types::PrivateKeyDer::try_from(key.signing_key.serialize_der()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![key.cert.der().clone()], der)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    (start_fake_on(kind, Some(acceptor)).await, pem)
+}
+
+async fn start_fake_on(kind: Kind, tls: Option<tokio_rustls::TlsAcceptor>) -> Fake {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
     let log = seen.clone();
+    let scheme = if tls.is_some() { "https" } else { "http" };
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
-            let log = log.clone();
+            let (log, tls) = (log.clone(), tls.clone());
             tokio::spawn(async move {
                 let svc = service_fn(move |req| answer(kind, log.clone(), req));
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .with_upgrades()
-                    .await;
+                let http = hyper::server::conn::http1::Builder::new();
+                let _ = match tls {
+                    Some(tls) => match tls.accept(stream).await {
+                        Ok(s) => {
+                            http.serve_connection(TokioIo::new(s), svc)
+                                .with_upgrades()
+                                .await
+                        }
+                        Err(_) => return,
+                    },
+                    None => {
+                        http.serve_connection(TokioIo::new(stream), svc)
+                            .with_upgrades()
+                            .await
+                    }
+                };
             });
         }
     });
-    Fake { addr, seen }
+    Fake { addr, seen, scheme }
 }
 
 type Answer = Response<Full<Bytes>>;
