@@ -122,11 +122,9 @@ impl RefineQueue {
         Ok(Self { tx, batches })
     }
 
-    /// Refines `prompts` together with whatever else is waiting.
-    pub async fn refine(
-        &self,
-        prompts: Vec<Prompt>,
-    ) -> Result<Vec<Result<String, String>>, QueueError> {
+    /// Queues `prompts` without waiting: they join whatever batch the worker takes
+    /// next. Await the returned [`Pending`] for the results.
+    pub fn submit(&self, prompts: Vec<Prompt>) -> Result<Pending, QueueError> {
         let (reply, answer) = oneshot::channel();
         self.tx
             .try_send(Job { prompts, reply })
@@ -134,11 +132,36 @@ impl RefineQueue {
                 mpsc::error::TrySendError::Full(_) => QueueError::Full,
                 mpsc::error::TrySendError::Closed(_) => QueueError::Stopped,
             })?;
-        answer.await.map_err(|_| QueueError::Stopped)
+        Ok(Pending(answer))
+    }
+
+    /// Refines `prompts` together with whatever else is waiting.
+    pub async fn refine(
+        &self,
+        prompts: Vec<Prompt>,
+    ) -> Result<Vec<Result<String, String>>, QueueError> {
+        self.submit(prompts)?.await
     }
 
     /// Batches run so far.
     pub fn batches(&self) -> u64 {
         self.batches.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Results of a submitted job; dropping it withdraws the job if it has not started.
+#[derive(Debug)]
+pub struct Pending(oneshot::Receiver<Vec<Result<String, String>>>);
+
+impl std::future::Future for Pending {
+    type Output = Result<Vec<Result<String, String>>, QueueError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|r| r.map_err(|_| QueueError::Stopped))
     }
 }

@@ -428,3 +428,27 @@ async fn https_upstream_with_a_private_ca() {
     assert_eq!(fake.seen().len(), 1);
     assert_eq!(metrics.failures("upstream_connect"), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_stream_through_without_buffering() {
+    use http_body_util::BodyExt;
+    let fake = start_fake(Kind::ComfyUi).await;
+    let (proxy, _) = start_proxy(&fake.url(), |_| {}).await;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let uri = format!("http://{}/stream", proxy.local_addr());
+    let resp = client.get(uri.parse().unwrap()).await.unwrap();
+    assert_eq!(resp.headers()["x-prip"], "skipped");
+    let mut body = resp.into_body();
+    // The upstream holds its second chunk until told: a buffering proxy would never
+    // deliver the first one, and the timeout turns that hang into a failure.
+    let first = tokio::time::timeout(Duration::from_secs(30), body.frame())
+        .await
+        .expect("the first chunk arrives while the upstream is still sending")
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.into_data().unwrap(), "first chunk\n");
+    fake.gate.notify_one();
+    let rest = body.collect().await.unwrap().to_bytes();
+    assert_eq!(rest, "second chunk\n");
+}

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
@@ -20,6 +20,7 @@ use prip_adapters::refine::RefineQueue;
 use prip_adapters::sandbox::{AdapterHost, Limits};
 use prip_protocols::cases::{fixture, fixtures_dir};
 use serde_json::{json, Value};
+use std::convert::Infallible;
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::{self, Message};
 
@@ -57,6 +58,8 @@ impl Seen {
 pub struct Fake {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    /// `GET /stream` sends its second chunk only after this is notified.
+    pub gate: Arc<tokio::sync::Notify>,
     scheme: &'static str,
 }
 
@@ -115,15 +118,17 @@ async fn start_fake_on(kind: Kind, tls: Option<tokio_rustls::TlsAcceptor>) -> Fa
     let addr = listener.local_addr().unwrap();
     let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
     let log = seen.clone();
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let gate_for_server = gate.clone();
     let scheme = if tls.is_some() { "https" } else { "http" };
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
-            let (log, tls) = (log.clone(), tls.clone());
+            let (log, tls, gate) = (log.clone(), tls.clone(), gate_for_server.clone());
             tokio::spawn(async move {
-                let svc = service_fn(move |req| answer(kind, log.clone(), req));
+                let svc = service_fn(move |req| answer(kind, log.clone(), gate.clone(), req));
                 let http = hyper::server::conn::http1::Builder::new();
                 let _ = match tls {
                     Some(tls) => match tls.accept(stream).await {
@@ -143,16 +148,21 @@ async fn start_fake_on(kind: Kind, tls: Option<tokio_rustls::TlsAcceptor>) -> Fa
             });
         }
     });
-    Fake { addr, seen, scheme }
+    Fake {
+        addr,
+        seen,
+        gate,
+        scheme,
+    }
 }
 
-type Answer = Response<Full<Bytes>>;
+type Answer = Response<BoxBody<Bytes, Infallible>>;
 
 fn reply(status: u16, content_type: &str, body: impl Into<Bytes>) -> Answer {
     Response::builder()
         .status(status)
         .header("content-type", content_type)
-        .body(Full::new(body.into()))
+        .body(Full::new(body.into()).boxed())
         .unwrap()
 }
 
@@ -163,6 +173,7 @@ fn json_reply(status: u16, v: &Value) -> Answer {
 async fn answer(
     kind: Kind,
     log: Arc<Mutex<Vec<Seen>>>,
+    gate: Arc<tokio::sync::Notify>,
     mut req: Request<Incoming>,
 ) -> Result<Answer, std::io::Error> {
     let method = req.method().to_string();
@@ -195,6 +206,26 @@ async fn answer(
         }
         // Closes the connection without an answer.
         (_, _, "/reset") => return Err(std::io::Error::other("reset by the fake")),
+        (_, "GET", "/stream") => {
+            let chunks = futures_util::stream::unfold(0, move |step| {
+                let gate = gate.clone();
+                async move {
+                    let chunk = match step {
+                        0 => "first chunk\n",
+                        1 => {
+                            gate.notified().await;
+                            "second chunk\n"
+                        }
+                        _ => return None,
+                    };
+                    Some((Ok(hyper::body::Frame::data(Bytes::from(chunk))), step + 1))
+                }
+            });
+            Response::builder()
+                .header("content-type", "text/plain")
+                .body(BodyExt::boxed(StreamBody::new(chunks)))
+                .unwrap()
+        }
         (_, "GET", "/view") => reply(200, "image/png", image_bytes()),
         (_, "POST", "/upload/image") => reply(200, "application/octet-stream", body),
         (Kind::ComfyUi, "GET", "/object_info") => reply(
@@ -283,7 +314,7 @@ fn websocket(req: &mut Request<Incoming>) -> Answer {
             "sec-websocket-accept",
             tungstenite::handshake::derive_accept_key(&key),
         )
-        .body(Full::new(Bytes::new()))
+        .body(Full::new(Bytes::new()).boxed())
         .unwrap()
 }
 
