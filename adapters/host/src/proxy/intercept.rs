@@ -48,17 +48,7 @@ impl Original {
             method: self.parts.method.as_str().to_string(),
             path: self.parts.uri.path().to_string(),
             query: self.parts.uri.query().unwrap_or("").to_string(),
-            headers: self
-                .parts
-                .headers
-                .iter()
-                .map(|(k, v)| {
-                    (
-                        k.as_str().to_string(),
-                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                    )
-                })
-                .collect(),
+            headers: header_pairs(&self.parts.headers),
             body: self.body.to_vec(),
         }
     }
@@ -250,16 +240,7 @@ async fn annotate(
     };
     let answer = native::Response {
         status: parts.status.as_u16(),
-        headers: parts
-            .headers
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.as_str().to_string(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect(),
+        headers: header_pairs(&parts.headers),
         body: bytes.to_vec(),
     };
     let host = state.host.clone();
@@ -276,6 +257,19 @@ async fn annotate(
         .headers
         .insert(CONTENT_LENGTH, HeaderValue::from(new.len()));
     Response::from_parts(parts, full(new))
+}
+
+/// Headers as the adapter contract has them: lower-case names, values as text.
+fn header_pairs(headers: &hyper::HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect()
 }
 
 fn report(state: &State, e: &CallError) {

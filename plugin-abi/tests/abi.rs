@@ -1,0 +1,280 @@
+//! The C ABI called as C would call it, on a tiny checkpoint made here.
+
+use std::ffi::{c_char, CStr, CString};
+use std::path::Path;
+use std::ptr;
+use std::sync::OnceLock;
+
+use prip_abi::*;
+use serde_json::{json, Value};
+
+fn tiny() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        prip_core::testing::write_tiny_checkpoint(
+            dir.path(),
+            "\n[generation]\nmax_new_tokens = 8\ntemperature = 0.8\n",
+        )
+        .unwrap();
+        dir
+    })
+    .path()
+}
+
+fn config() -> String {
+    json!({"model": tiny(), "home": tiny().join("store"), "fetch": false, "device": "cpu"})
+        .to_string()
+}
+
+fn c(s: &str) -> CString {
+    CString::new(s).unwrap()
+}
+
+fn last_error() -> String {
+    // SAFETY: the library returns a valid NUL-terminated string.
+    unsafe { CStr::from_ptr(prip_last_error()) }
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+fn open() -> PripHandle {
+    let mut h = 0;
+    // SAFETY: valid string and out pointer.
+    let status = unsafe { prip_open(c(&config()).as_ptr(), &mut h) };
+    assert_eq!(status, PripStatus::Ok, "{}", last_error());
+    assert_ne!(h, 0);
+    h
+}
+
+/// Calls `f` with a request string; returns status and the parsed output.
+fn call(
+    f: unsafe extern "C" fn(PripHandle, *const c_char, *mut *mut c_char) -> PripStatus,
+    h: PripHandle,
+    request: &[u8],
+) -> (PripStatus, Option<Value>) {
+    let request = CString::new(request.to_vec()).unwrap();
+    let mut out: *mut c_char = ptr::null_mut();
+    // SAFETY: valid string and out pointer.
+    let status = unsafe { f(h, request.as_ptr(), &mut out) };
+    if out.is_null() {
+        return (status, None);
+    }
+    // SAFETY: the library returned a string; freed once below.
+    let text = unsafe { CStr::from_ptr(out) }.to_str().unwrap().to_string();
+    unsafe { prip_string_free(out) };
+    (status, Some(serde_json::from_str(&text).unwrap()))
+}
+
+#[test]
+fn version_is_major_minor() {
+    assert_eq!(prip_abi_version() >> 16, PRIP_ABI_VERSION_MAJOR);
+    assert_eq!(prip_abi_version() & 0xffff, PRIP_ABI_VERSION_MINOR);
+}
+
+#[test]
+fn refine_one_and_a_batch() {
+    let h = open();
+    let (status, out) = call(prip_refine, h, br#"{"prompt": "a red fox", "seed": 7}"#);
+    assert_eq!(status, PripStatus::Ok, "{}", last_error());
+    assert_eq!(last_error(), "");
+    let out = out.unwrap();
+    assert_eq!(out["prompt"], "a red fox");
+    assert_eq!(out["seed"], 7);
+    let refined = out["refined"].as_str().unwrap();
+    assert!(refined.starts_with("a red fox"), "{refined}");
+    assert!(out["timings"]["total_ms"].as_f64().unwrap() >= 0.0);
+    let (_, again) = call(prip_refine, h, br#"{"prompt": "a red fox", "seed": 7}"#);
+    assert_eq!(
+        again.unwrap()["refined"],
+        out["refined"],
+        "same seed, same text"
+    );
+
+    let batch =
+        br#"[{"prompt": "a cat", "seed": 1}, {"prompt": "", "seed": 2}, {"prompt": "a dog"}]"#;
+    let (status, out) = call(prip_refine_batch, h, batch);
+    assert_eq!(status, PripStatus::Ok);
+    let results = out.unwrap()["results"].as_array().unwrap().clone();
+    assert_eq!(results.len(), 3);
+    assert!(results[0]["refined"].as_str().unwrap().starts_with("a cat"));
+    assert!(
+        results[1]["error"].is_string(),
+        "the empty prompt fails alone"
+    );
+    assert!(results[2]["refined"].as_str().unwrap().starts_with("a dog"));
+
+    let object =
+        br#"{"requests": [{"prompt": "a cat", "seed": 1}], "generation": {"max_new_tokens": 2}}"#;
+    let (status, out) = call(prip_refine_batch, h, object);
+    assert_eq!(status, PripStatus::Ok, "{}", last_error());
+    assert!(
+        out.unwrap()["results"][0]["timings"]["new_tokens"]
+            .as_u64()
+            .unwrap()
+            <= 2
+    );
+    assert_eq!(prip_close(h), PripStatus::Ok);
+}
+
+#[test]
+fn bad_input_gets_a_status_and_a_message() {
+    let h = open();
+    let mut out: *mut c_char = ptr::null_mut();
+    let req = c(r#"{"prompt": "a cat"}"#);
+    // SAFETY: null pointers are what is being tested; the others are valid.
+    unsafe {
+        assert_eq!(
+            prip_refine(h, ptr::null(), &mut out),
+            PripStatus::NullPointer
+        );
+        assert!(last_error().contains("request_json"));
+        assert_eq!(
+            prip_refine(h, req.as_ptr(), ptr::null_mut()),
+            PripStatus::NullPointer
+        );
+        let mut handle = 0;
+        assert_eq!(prip_open(ptr::null(), &mut handle), PripStatus::NullPointer);
+        assert_eq!(
+            prip_open(c(&config()).as_ptr(), ptr::null_mut()),
+            PripStatus::NullPointer
+        );
+        prip_string_free(ptr::null_mut());
+    }
+    assert!(out.is_null());
+    let (status, _) = call(prip_refine, h, b"{\"prompt\": \"\xff\xfe\"}");
+    assert_eq!(status, PripStatus::InvalidUtf8);
+    for bad in [
+        &b"{\"prompt\": "[..],
+        b"[]",
+        b"{\"prompt\": 3}",
+        b"{\"prompt\": \"a\", \"colour\": 1}",
+    ] {
+        let (status, out) = call(prip_refine, h, bad);
+        assert_eq!(
+            status,
+            PripStatus::InvalidJson,
+            "{:?}",
+            String::from_utf8_lossy(bad)
+        );
+        assert!(out.is_none());
+        let msg = last_error();
+        assert!(!msg.is_empty() && !msg.contains('\n'), "{msg:?}");
+    }
+    let (status, _) = call(
+        prip_refine,
+        h,
+        br#"{"prompt": "a", "generation": {"top_p": 7}}"#,
+    );
+    assert_eq!(status, PripStatus::InvalidJson);
+    let mut handle = 0;
+    let bad_model = c(r#"{"model": "/no/such/checkpoint", "fetch": false}"#);
+    // SAFETY: valid pointers.
+    assert_eq!(
+        unsafe { prip_open(bad_model.as_ptr(), &mut handle) },
+        PripStatus::Open
+    );
+    assert!(
+        last_error().contains("/no/such/checkpoint"),
+        "{}",
+        last_error()
+    );
+    assert_eq!(prip_close(h), PripStatus::Ok);
+}
+
+#[test]
+fn a_huge_prompt_is_refused_not_fatal() {
+    let h = open();
+    let huge = json!({"prompt": "a cat ".repeat(200_000)}).to_string();
+    assert!(huge.len() > 1_000_000);
+    let (status, out) = call(prip_refine, h, huge.as_bytes());
+    assert_eq!(status, PripStatus::Refine);
+    assert!(out.is_none());
+    assert!(
+        last_error().contains("long") || last_error().contains("bytes"),
+        "{}",
+        last_error()
+    );
+    let (status, _) = call(prip_refine, h, br#"{"prompt": "a cat"}"#);
+    assert_eq!(status, PripStatus::Ok, "the handle still works");
+    assert_eq!(prip_close(h), PripStatus::Ok);
+}
+
+#[test]
+fn closed_and_unknown_handles_are_refused() {
+    let h = open();
+    assert_eq!(prip_close(h), PripStatus::Ok);
+    let (status, _) = call(prip_refine, h, br#"{"prompt": "a cat"}"#);
+    assert_eq!(status, PripStatus::BadHandle);
+    assert!(last_error().contains("closed"));
+    assert_eq!(prip_close(h), PripStatus::BadHandle);
+    assert_eq!(prip_close(0), PripStatus::BadHandle);
+    let (status, _) = call(prip_refine_batch, 987_654_321, b"[]");
+    assert_eq!(status, PripStatus::BadHandle);
+}
+
+#[test]
+fn many_threads_share_a_handle_while_another_closes() {
+    let shared = open();
+    let doomed = open();
+    let threads: Vec<_> = (0..8)
+        .map(|i| {
+            std::thread::spawn(move || {
+                for j in 0..4 {
+                    let prompt = format!("prompt {i} {j}");
+                    let req = json!({"prompt": prompt, "seed": j}).to_string();
+                    let (status, out) = call(prip_refine, shared, req.as_bytes());
+                    assert_eq!(status, PripStatus::Ok, "{}", last_error());
+                    assert!(out.unwrap()["refined"]
+                        .as_str()
+                        .unwrap()
+                        .starts_with(&prompt));
+                    // Errors are per thread: another thread's failure does not show here.
+                    assert_eq!(last_error(), "");
+                }
+                if i == 0 {
+                    assert_eq!(prip_close(doomed), PripStatus::Ok);
+                } else {
+                    let (status, _) = call(prip_refine, doomed, br#"{"prompt": "x"}"#);
+                    assert!(matches!(status, PripStatus::Ok | PripStatus::BadHandle));
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(prip_close(shared), PripStatus::Ok);
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    /// Fuzzing the entry points with arbitrary bytes: every call returns a status and
+    /// never panics or crashes.
+    #[test]
+    fn arbitrary_input_never_panics(bytes in proptest::collection::vec(1u8..=255, 0..200),
+                                    json_ish in "[\\[\\]{}\":,a-z0-9 ]{0,80}") {
+        let h = fuzz_handle();
+        for input in [bytes.clone(), json_ish.clone().into_bytes()] {
+            for f in [prip_refine as unsafe extern "C" fn(_, _, _) -> _, prip_refine_batch] {
+                let (status, _) = call(f, h, &input);
+                proptest::prop_assert_ne!(status, PripStatus::Panic, "{}", last_error());
+            }
+            let cfg = CString::new(input.clone()).unwrap();
+            let mut out = 0;
+            // SAFETY: valid pointers.
+            let status = unsafe { prip_open(cfg.as_ptr(), &mut out) };
+            proptest::prop_assert_ne!(status, PripStatus::Panic);
+            if status == PripStatus::Ok {
+                prip_close(out);
+            }
+        }
+    }
+}
+
+fn fuzz_handle() -> PripHandle {
+    static H: OnceLock<PripHandle> = OnceLock::new();
+    *H.get_or_init(open)
+}
