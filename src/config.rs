@@ -47,6 +47,8 @@ pub struct ServeDefaults {
     pub queue: Option<usize>,
     /// --max-batch
     pub max_batch: Option<usize>,
+    /// --refiner-lib
+    pub refiner_lib: Option<std::path::PathBuf>,
     /// --model
     pub model: Option<String>,
     /// --system
@@ -61,6 +63,8 @@ pub struct ServeDefaults {
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RefineDefaults {
+    /// --refiner-lib
+    pub refiner_lib: Option<std::path::PathBuf>,
     /// --model
     pub model: Option<String>,
     /// --system

@@ -1,6 +1,7 @@
 //! `prip`: the PRIP prompt refiner on the command line.
 
 mod config;
+mod engine;
 mod eval_cmd;
 mod models_cmd;
 mod refine_cmd;

@@ -1,15 +1,16 @@
 //! `prip refine`: prompts from arguments or stdin, decoded as one batch.
 
 use std::io::{Read, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Args;
-use prip_core::device::DeviceSpec;
-use prip_core::{RefineRequest, Refiner, RefinerOptions};
+use prip_core::RefineRequest;
 use serde_json::json;
 
 use crate::config::Config;
+use crate::engine::{Engine, Overrides};
 
 /// Flags of `prip refine`; each falls back to `[refine]` in prip.toml.
 #[derive(Debug, Args)]
@@ -40,6 +41,10 @@ pub struct RefineArgs {
     /// auto, cpu or cuda:N.
     #[arg(long)]
     pub device: Option<String>,
+    /// Refine through this refiner library (libprip_abi built elsewhere, e.g. with
+    /// CUDA) instead of the refiner built into this binary.
+    #[arg(long)]
+    pub refiner_lib: Option<PathBuf>,
 }
 
 /// One input line: its 1-based number, and the prompt or why it cannot be one.
@@ -66,33 +71,23 @@ pub fn run(args: RefineArgs, cfg: &Config) -> anyhow::Result<ExitCode> {
     if lines.is_empty() {
         anyhow::bail!("no prompt given (pass prompts as arguments or one per line on stdin)");
     }
-    let device: DeviceSpec = args
+    let model = args
+        .model
+        .clone()
+        .or_else(|| d.model.clone())
+        .unwrap_or_else(|| "default".into());
+    let device = args
         .device
         .as_deref()
         .or(d.device.as_deref())
-        .unwrap_or("auto")
-        .parse()?;
-    let opts = RefinerOptions {
-        model: args
-            .model
-            .clone()
-            .or_else(|| d.model.clone())
-            .unwrap_or_else(|| "default".into()),
-        device,
-        fetch: true,
+        .unwrap_or("auto");
+    let lib = args.refiner_lib.as_deref().or(d.refiner_lib.as_deref());
+    let mut engine = Engine::open(lib, &model, device)?;
+    let overrides = Overrides {
+        max_new_tokens: args.max_new_tokens.or(d.max_new_tokens),
+        temperature: args.temperature.or(d.temperature),
+        top_p: args.top_p.or(d.top_p),
     };
-    let mut refiner = Refiner::open(&opts)?;
-    let mut gen = refiner.generation_defaults().clone();
-    if let Some(v) = args.max_new_tokens.or(d.max_new_tokens) {
-        gen.max_new_tokens = v;
-    }
-    if let Some(v) = args.temperature.or(d.temperature) {
-        gen.temperature = v;
-    }
-    if let Some(v) = args.top_p.or(d.top_p) {
-        gen.top_p = v;
-    }
-    gen.validate().map_err(|e| anyhow::anyhow!(e))?;
     let seed = args.seed.or(d.seed);
     let system = args.system.clone().or_else(|| d.system.clone());
 
@@ -113,15 +108,14 @@ pub fn run(args: RefineArgs, cfg: &Config) -> anyhow::Result<ExitCode> {
         })
         .collect();
     let requests: Vec<RefineRequest> = good.iter().map(|(_, r)| r.clone()).collect();
-    let mut results = refiner.refine_with(&requests, &gen).into_iter();
+    let mut results = engine.refine(&requests, &overrides)?.into_iter();
     let mut outcome = Vec::with_capacity(lines.len());
     for (line_no, line) in &lines {
         let r = match line {
             Err(e) => Err(e.clone()),
             Ok(_) => results
                 .next()
-                .context("refiner returned fewer results than requests")?
-                .map_err(|e| crate::one_line(&e.to_string())),
+                .context("refiner returned fewer results than requests")?,
         };
         outcome.push((*line_no, r));
     }

@@ -11,11 +11,10 @@ use clap::Args;
 use prip_adapters::proxy::{AdapterChoice, Proxy, ServeConfig};
 use prip_adapters::refine::RefineQueue;
 use prip_adapters::sandbox::{AdapterHost, Limits};
-use prip_core::device::DeviceSpec;
-use prip_core::{Refiner, RefinerOptions};
 use prip_protocols::Polarity;
 
 use crate::config::{Config, ServeDefaults};
+use crate::engine::Engine;
 
 /// Flags of `prip serve`; each falls back to `[serve]` in prip.toml.
 #[derive(Debug, Args)]
@@ -69,6 +68,10 @@ pub struct ServeArgs {
     /// auto, cpu or cuda:N.
     #[arg(long)]
     pub device: Option<String>,
+    /// Refine through this refiner library (libprip_abi built elsewhere, e.g. with
+    /// CUDA) instead of the refiner built into this binary.
+    #[arg(long)]
+    pub refiner_lib: Option<PathBuf>,
     /// Sampling seed for every prompt, so a prompt is always refined the same way;
     /// random when absent.
     #[arg(long)]
@@ -134,22 +137,17 @@ pub fn run(args: ServeArgs, cfg: &Config) -> anyhow::Result<ExitCode> {
         AdapterChoice::Named(adapter)
     };
 
-    let device: DeviceSpec = args
+    let model = args
+        .model
+        .or_else(|| d.model.clone())
+        .unwrap_or_else(|| "default".into());
+    let device = args
         .device
         .as_deref()
         .or(d.device.as_deref())
-        .unwrap_or("auto")
-        .parse()
-        .map_err(|e| anyhow::anyhow!("--device: {e}"))?;
-    let opts = RefinerOptions {
-        model: args
-            .model
-            .or_else(|| d.model.clone())
-            .unwrap_or_else(|| "default".into()),
-        device,
-        fetch: true,
-    };
-    let refiner = Refiner::open(&opts).with_context(|| format!("opening model {}", opts.model))?;
+        .unwrap_or("auto");
+    let lib = args.refiner_lib.or_else(|| d.refiner_lib.clone());
+    let refiner = Engine::open(lib.as_deref(), &model, device)?;
     let queue = RefineQueue::start(
         Box::new(refiner),
         args.queue.or(d.queue).unwrap_or(256),

@@ -717,3 +717,34 @@ fn packaged_default_refines_reproducibly_from_the_command_line() {
     );
     assert_eq!(a["refined"], b["refined"]);
 }
+
+#[test]
+fn refiner_lib_refines_like_the_built_in_refiner() {
+    let f = Fixture::new();
+    let lib = prip_abi::testing::cdylib();
+    let lib = lib.to_str().unwrap();
+    let args = [
+        "--seed",
+        "7",
+        "--max-new-tokens",
+        "5",
+        "a cat",
+        SYNTAX_PROMPT,
+    ];
+    let built_in = f.refine(&args);
+    assert_ok(&built_in);
+    let mut with_lib = vec!["--refiner-lib", lib];
+    with_lib.extend(args);
+    let via_lib = f.refine(&with_lib);
+    assert_ok(&via_lib);
+    assert_eq!(stdout(&via_lib), stdout(&built_in));
+    assert_eq!(stdout(&via_lib).lines().count(), 2);
+
+    // The library's own errors come back as one line.
+    let bad = f.refine(&["--refiner-lib", lib, "--temperature", "-1", "a cat"]);
+    assert!(assert_one_line_error(&bad).contains("temperature"));
+    let missing = f.refine(&["--refiner-lib", "/no/such/libprip.so", "a cat"]);
+    assert!(
+        assert_one_line_error(&missing).contains("cannot load refiner library /no/such/libprip.so")
+    );
+}

@@ -75,7 +75,7 @@ impl Drop for Serve {
     }
 }
 
-fn serve(model: &std::path::Path, home: &std::path::Path, upstream: &str) -> Serve {
+fn serve(model: &std::path::Path, home: &std::path::Path, upstream: &str, extra: &[&str]) -> Serve {
     let mut child = Command::new(PRIP)
         .args([
             "serve",
@@ -88,6 +88,7 @@ fn serve(model: &std::path::Path, home: &std::path::Path, upstream: &str) -> Ser
         ])
         .arg("--model")
         .arg(model)
+        .args(extra)
         .env("PRIP_HOME", home)
         .env_remove("PRIP_CONFIG")
         .stdin(Stdio::null())
@@ -131,7 +132,7 @@ fn serve_refines_comfyui_prompts_and_honours_opt_out() {
     testing::write_tiny_checkpoint(model.path(), "").unwrap();
     let home = tempfile::tempdir().unwrap();
     let (upstream, bodies) = fake_comfyui();
-    let proxy = serve(model.path(), home.path(), &upstream);
+    let proxy = serve(model.path(), home.path(), &upstream, &[]);
     let request = fixture("comfyui/prompt_request_txt2img_api.json");
 
     let (head, answer) = post(&proxy.addr, "/prompt", "", &request);
@@ -202,4 +203,26 @@ fn serve_config_mistakes_are_one_line_errors() {
             "{args:?}: {err}"
         );
     }
+}
+
+#[test]
+fn serve_refines_through_a_refiner_library_like_the_built_in_refiner() {
+    let model = tempfile::tempdir().unwrap();
+    testing::write_tiny_checkpoint(model.path(), "").unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let request = fixture("comfyui/prompt_request_txt2img_api.json");
+    let lib = prip_abi::testing::cdylib();
+    let mut texts = Vec::new();
+    for extra in [vec![], vec!["--refiner-lib", lib.to_str().unwrap()]] {
+        let (upstream, bodies) = fake_comfyui();
+        let proxy = serve(model.path(), home.path(), &upstream, &extra);
+        let (head, _) = post(&proxy.addr, "/prompt", "", &request);
+        assert!(
+            head.to_ascii_lowercase().contains("x-prip: refined"),
+            "{head}"
+        );
+        let sent: Value = serde_json::from_slice(&bodies.recv().unwrap()).unwrap();
+        texts.push(sent["prompt"]["6"]["inputs"]["text"].clone());
+    }
+    assert_eq!(texts[0], texts[1]);
 }

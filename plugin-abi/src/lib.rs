@@ -28,6 +28,10 @@
 //! Version: [`prip_abi_version`] gives `major << 16 | minor`. A major change breaks
 //! callers; a minor one only adds.
 
+pub mod client;
+#[doc(hidden)]
+pub mod testing;
+
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::ffi::{c_char, CStr, CString};

@@ -1,46 +1,12 @@
 //! The C and Python examples (examples/c, examples/python) built and run against the
 //! libprip_abi of this build and a tiny checkpoint.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use serde_json::json;
 
-/// target/<profile>, where cargo put libprip_abi.so next to the test binaries' deps/.
-fn lib_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent().unwrap().parent().unwrap().to_path_buf()
-}
-
-/// libprip_abi as a shared library. `cargo test` builds only the rlib, so this builds
-/// the cdylib once with the same cargo, profile and target directory (the build is
-/// incremental: everything it needs was compiled for the tests already).
-fn library() -> PathBuf {
-    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let dir = lib_dir();
-            let mut cmd = Command::new(env!("CARGO"));
-            cmd.args(["build", "-p", "prip-abi", "--lib"]);
-            if dir.file_name().is_some_and(|n| n == "release") {
-                cmd.arg("--release");
-            }
-            let status = cmd
-                .arg("--target-dir")
-                .arg(dir.parent().unwrap())
-                .current_dir(root())
-                .status()
-                .expect("run cargo");
-            assert!(status.success(), "building libprip_abi failed");
-            let name = format!(
-                "{}prip_abi{}",
-                std::env::consts::DLL_PREFIX,
-                std::env::consts::DLL_SUFFIX
-            );
-            dir.join(name)
-        })
-        .clone()
-}
+use prip_abi::testing::{cdylib as library, profile_dir as lib_dir};
 
 fn root() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))

@@ -1,0 +1,110 @@
+//! The refiner behind `prip refine` and `prip serve`: prip-core in this process, or a
+//! refiner library loaded through the C ABI (`--refiner-lib`, e.g. one built with CUDA).
+
+use std::path::Path;
+
+use anyhow::Context;
+use prip_abi::client::{LibRefiner, Library};
+use prip_adapters::refine::{Prompt, PromptRefiner};
+use prip_core::device::DeviceSpec;
+use prip_core::{RefineRequest, Refined, Refiner, RefinerOptions};
+use serde::Serialize;
+
+/// Decoding settings given by the user; `None` keeps the checkpoint's.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Overrides {
+    /// --max-new-tokens
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_new_tokens: Option<usize>,
+    /// --temperature
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    /// --top-p
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f64>,
+}
+
+/// Where refinement runs.
+pub enum Engine {
+    /// prip-core, linked into this binary.
+    InProcess(Box<Refiner>),
+    /// A refiner library loaded at run time.
+    Library(LibRefiner),
+}
+
+impl Engine {
+    /// Opens `model` on `device` (auto, cpu, cuda:N), through the library at `lib`
+    /// when one is given.
+    pub fn open(lib: Option<&Path>, model: &str, device: &str) -> anyhow::Result<Self> {
+        if let Some(path) = lib {
+            let lib = Library::load(path)?;
+            let config = serde_json::json!({"model": model, "device": device});
+            let refiner = LibRefiner::open(lib, &config)
+                .with_context(|| format!("opening model {model} in {}", path.display()))?;
+            return Ok(Self::Library(refiner));
+        }
+        let device: DeviceSpec = device
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--device: {e}"))?;
+        let opts = RefinerOptions {
+            model: model.into(),
+            device,
+            fetch: true,
+        };
+        let refiner = Refiner::open(&opts).with_context(|| format!("opening model {model}"))?;
+        Ok(Self::InProcess(Box::new(refiner)))
+    }
+
+    /// Refines `requests` as one batch; one result per request, an error as one line.
+    /// Fails as a whole only when `overrides` are invalid or the library broke.
+    pub fn refine(
+        &mut self,
+        requests: &[RefineRequest],
+        overrides: &Overrides,
+    ) -> anyhow::Result<Vec<Result<Refined, String>>> {
+        match self {
+            Self::InProcess(refiner) => {
+                let mut gen = refiner.generation_defaults().clone();
+                if let Some(v) = overrides.max_new_tokens {
+                    gen.max_new_tokens = v;
+                }
+                if let Some(v) = overrides.temperature {
+                    gen.temperature = v;
+                }
+                if let Some(v) = overrides.top_p {
+                    gen.top_p = v;
+                }
+                gen.validate().map_err(|e| anyhow::anyhow!(e))?;
+                Ok(refiner
+                    .refine_with(requests, &gen)
+                    .into_iter()
+                    .map(|r| r.map_err(|e| crate::one_line(&e.to_string())))
+                    .collect())
+            }
+            Self::Library(refiner) => {
+                let generation = serde_json::to_value(overrides)?;
+                Ok(refiner.refine(requests, Some(&generation))?)
+            }
+        }
+    }
+}
+
+impl PromptRefiner for Engine {
+    fn refine(&mut self, prompts: &[Prompt]) -> Vec<Result<String, String>> {
+        let requests: Vec<RefineRequest> = prompts
+            .iter()
+            .map(|p| RefineRequest {
+                prompt: p.text.clone(),
+                seed: p.seed,
+                system: p.system.clone(),
+            })
+            .collect();
+        match Engine::refine(self, &requests, &Overrides::default()) {
+            Ok(results) => results.into_iter().map(|r| r.map(|r| r.refined)).collect(),
+            Err(e) => {
+                let msg = crate::one_line(&format!("{e:#}"));
+                prompts.iter().map(|_| Err(msg.clone())).collect()
+            }
+        }
+    }
+}
