@@ -13,7 +13,7 @@
 #define PRIP_ABI_VERSION_MAJOR 1
 
 // Additions bump this.
-#define PRIP_ABI_VERSION_MINOR 0
+#define PRIP_ABI_VERSION_MINOR 1
 
 // What a call did.
 typedef enum PripStatus {
@@ -73,6 +73,19 @@ enum PripStatus prip_refine(PripHandle handle, const char *request_json, char **
 // # Safety
 // `requests_json` is null or a NUL-terminated string; `out_json` is null or writable.
 enum PripStatus prip_refine_batch(PripHandle handle, const char *requests_json, char **out_json);
+
+// Refines the prompts inside an image server's request body (added in ABI 1.1) and
+// writes `{"body": ..., "refined": [...], "errors": [...]}` to `out_json`. The request
+// is `{"protocol": "comfyui" | "a1111" | "diffusers" | "openai-images", "body": {...},
+// "path": "/prompt", "prompts": ["positive"], "seed": 7, "system": "sdxl",
+// "generation": {...}}` (protocol and body required); the prompts are found and
+// written back by the same protocol code `prip serve` uses, so everything else in the
+// body, ComfyUI's UI copy of the workflow included, stays consistent. A prompt whose
+// refinement failed keeps its text and is listed under `errors`.
+//
+// # Safety
+// `request_json` is null or a NUL-terminated string; `out_json` is null or writable.
+enum PripStatus prip_rewrite(PripHandle handle, const char *request_json, char **out_json);
 
 // Frees a string returned by this library. Null is ignored.
 //

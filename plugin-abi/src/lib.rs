@@ -29,6 +29,7 @@
 //! callers; a minor one only adds.
 
 pub mod client;
+mod rewrite;
 #[doc(hidden)]
 pub mod testing;
 
@@ -49,7 +50,7 @@ use serde_json::Value;
 /// Breaking changes bump this.
 pub const PRIP_ABI_VERSION_MAJOR: u32 = 1;
 /// Additions bump this.
-pub const PRIP_ABI_VERSION_MINOR: u32 = 0;
+pub const PRIP_ABI_VERSION_MINOR: u32 = 1;
 
 /// What a call did.
 #[repr(C)]
@@ -406,6 +407,48 @@ pub unsafe extern "C" fn prip_refine_batch(
         let results = run(handle, requests, generation.as_ref())?;
         // SAFETY: checked non-null above.
         unsafe { give(out_json, &serde_json::json!({ "results": results })) }
+    })
+}
+
+/// Refines the prompts inside an image server's request body (added in ABI 1.1) and
+/// writes `{"body": ..., "refined": [...], "errors": [...]}` to `out_json`. The request
+/// is `{"protocol": "comfyui" | "a1111" | "diffusers" | "openai-images", "body": {...},
+/// "path": "/prompt", "prompts": ["positive"], "seed": 7, "system": "sdxl",
+/// "generation": {...}}` (protocol and body required); the prompts are found and
+/// written back by the same protocol code `prip serve` uses, so everything else in the
+/// body, ComfyUI's UI copy of the workflow included, stays consistent. A prompt whose
+/// refinement failed keeps its text and is listed under `errors`.
+///
+/// # Safety
+/// `request_json` is null or a NUL-terminated string; `out_json` is null or writable.
+#[no_mangle]
+pub unsafe extern "C" fn prip_rewrite(
+    handle: PripHandle,
+    request_json: *const c_char,
+    out_json: *mut *mut c_char,
+) -> PripStatus {
+    guard(|| {
+        // SAFETY: forwarded caller contract.
+        let req: rewrite::RewriteRequest =
+            json(unsafe { text(request_json, "request_json") }?, "request")?;
+        if out_json.is_null() {
+            return Err((PripStatus::NullPointer, "out_json is a null pointer".into()));
+        }
+        let plan = req.plan()?;
+        let requests = plan
+            .requests(req.seed, req.system.as_deref())
+            .into_iter()
+            .map(|r| Request {
+                prompt: r.prompt,
+                seed: r.seed,
+                system: r.system,
+                generation: None,
+            })
+            .collect();
+        let results = run(handle, requests, req.generation.as_ref())?;
+        let answer = plan.finish(results)?;
+        // SAFETY: checked non-null above.
+        unsafe { give(out_json, &answer) }
     })
 }
 

@@ -258,7 +258,7 @@ proptest::proptest! {
                                     json_ish in "[\\[\\]{}\":,a-z0-9 ]{0,80}") {
         let h = fuzz_handle();
         for input in [bytes.clone(), json_ish.clone().into_bytes()] {
-            for f in [prip_refine as unsafe extern "C" fn(_, _, _) -> _, prip_refine_batch] {
+            for f in [prip_refine as unsafe extern "C" fn(_, _, _) -> _, prip_refine_batch, prip_rewrite] {
                 let (status, _) = call(f, h, &input);
                 proptest::prop_assert_ne!(status, PripStatus::Panic, "{}", last_error());
             }
@@ -277,4 +277,97 @@ proptest::proptest! {
 fn fuzz_handle() -> PripHandle {
     static H: OnceLock<PripHandle> = OnceLock::new();
     *H.get_or_init(open)
+}
+
+#[test]
+fn rewrite_refines_the_positive_prompts_of_a_comfyui_workflow() {
+    let h = open();
+    let body = prip_protocols::cases::comfyui_with_workflow();
+    let request = json!({"protocol": "comfyui", "body": body, "seed": 7});
+    let (status, out) = call(prip_rewrite, h, request.to_string().as_bytes());
+    assert_eq!(status, PripStatus::Ok, "{}", last_error());
+    let out = out.unwrap();
+    let refined = out["refined"].as_array().unwrap();
+    assert_eq!(refined.len(), 1, "{out}");
+    assert_eq!(refined[0]["polarity"], "positive");
+    assert_eq!(refined[0]["original"], "a (red:1.2) fox, embedding:foo");
+    let text = refined[0]["refined"].as_str().unwrap();
+    assert!(text.starts_with("a (red:1.2) fox, embedding:foo"));
+    assert_eq!(out["errors"], json!([]));
+    let new = &out["body"];
+    assert_eq!(new["prompt"]["6"]["inputs"]["text"], text);
+    assert_eq!(new["prompt"]["7"]["inputs"]["text"], "blurry");
+    // The UI copy says the same, and everything else is as it was.
+    let nodes = &new["extra_data"]["extra_pnginfo"]["workflow"]["nodes"];
+    assert_eq!(nodes[0]["widgets_values"][0], text);
+    let mut restored = new.clone();
+    restored["prompt"]["6"]["inputs"]["text"] = body["prompt"]["6"]["inputs"]["text"].clone();
+    restored["extra_data"]["extra_pnginfo"]["workflow"]["nodes"][0]["widgets_values"][0] =
+        body["prompt"]["6"]["inputs"]["text"].clone();
+    assert_eq!(restored, body);
+
+    // Same seed, same text as prip_refine gives; negatives on request.
+    let (_, one) = call(
+        prip_refine,
+        h,
+        br#"{"prompt": "a (red:1.2) fox, embedding:foo", "seed": 7}"#,
+    );
+    assert_eq!(one.unwrap()["refined"], text);
+    let both = json!({"protocol": "comfyui", "body": body, "prompts": ["positive", "negative"]});
+    let (_, out) = call(prip_rewrite, h, both.to_string().as_bytes());
+    assert_eq!(out.unwrap()["refined"].as_array().unwrap().len(), 2);
+    prip_close(h);
+}
+
+#[test]
+fn rewrite_reports_bad_requests_and_keeps_what_it_cannot_refine() {
+    let h = open();
+    let cases: [(Value, PripStatus, &str); 3] = [
+        (
+            json!({"protocol": "midjourney", "body": {}}),
+            PripStatus::InvalidJson,
+            "unknown protocol \"midjourney\"; known: a1111, comfyui",
+        ),
+        (
+            json!({"protocol": "comfyui", "body": {}, "prompts": ["neutral"]}),
+            PripStatus::InvalidJson,
+            "\"neutral\" is not positive",
+        ),
+        (
+            json!({"protocol": "comfyui"}),
+            PripStatus::InvalidJson,
+            "missing field `body`",
+        ),
+    ];
+    for (request, want, msg) in cases {
+        let (status, out) = call(prip_rewrite, h, request.to_string().as_bytes());
+        assert_eq!(status, want);
+        assert!(out.is_none());
+        assert!(last_error().contains(msg), "{}", last_error());
+    }
+    // Nothing to refine: the body comes back as it was.
+    let body = json!({"prompt": {"4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "x"}}}});
+    let (status, out) = call(
+        prip_rewrite,
+        h,
+        json!({"protocol": "comfyui", "body": body})
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(status, PripStatus::Ok, "{}", last_error());
+    assert_eq!(
+        out.unwrap(),
+        json!({"body": body, "refined": [], "errors": []})
+    );
+    // A prompt the refiner refuses stays as it was and is listed.
+    let mut huge = prip_protocols::cases::a1111_txt2img();
+    huge["prompt"] = json!("x".repeat(1 << 20));
+    let request = json!({"protocol": "a1111", "path": "/sdapi/v1/txt2img", "body": huge});
+    let (status, out) = call(prip_rewrite, h, request.to_string().as_bytes());
+    assert_eq!(status, PripStatus::Ok, "{}", last_error());
+    let out = out.unwrap();
+    assert_eq!(out["body"], huge);
+    assert_eq!(out["errors"][0]["id"], "prompt");
+    assert!(!out["errors"][0]["error"].as_str().unwrap().is_empty());
+    prip_close(h);
 }

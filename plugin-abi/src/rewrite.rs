@@ -1,0 +1,145 @@
+//! `prip_rewrite`: refine the prompts inside an image server's request body, found by
+//! the same protocol logic `prip serve` runs (prip-protocols), so a plugin living inside
+//! the server (ComfyUI's on-prompt hook) needs no prompt-finding code of its own.
+
+use prip_core::RefineRequest;
+use prip_protocols::{Polarity, Protocol, Replacement};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::{Failure, PripStatus};
+
+/// `{"protocol": "comfyui", "path": "/prompt", "body": {...}, "prompts": ["positive"],
+/// "seed": 7, "system": "sdxl", "generation": {...}}`; only protocol and body are
+/// required.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RewriteRequest {
+    protocol: String,
+    #[serde(default)]
+    path: Option<String>,
+    body: Value,
+    #[serde(default)]
+    prompts: Option<Vec<String>>,
+    #[serde(default)]
+    pub(crate) seed: Option<u64>,
+    #[serde(default)]
+    pub(crate) system: Option<String>,
+    #[serde(default)]
+    pub(crate) generation: Option<Value>,
+}
+
+/// The prompt slots to refine and what it takes to write them back.
+pub(crate) struct Plan {
+    protocol: Box<dyn Protocol>,
+    request: prip_protocols::Request,
+    slots: Vec<prip_protocols::Slot>,
+}
+
+impl RewriteRequest {
+    /// Finds the slots of the wanted polarities (positive by default).
+    pub(crate) fn plan(&self) -> Result<Plan, Failure> {
+        let bad = |msg: String| (PripStatus::InvalidJson, msg);
+        let protocol = prip_protocols::builtin()
+            .into_iter()
+            .find(|p| p.describe().name == self.protocol)
+            .ok_or_else(|| {
+                let names: Vec<String> = prip_protocols::builtin()
+                    .iter()
+                    .map(|p| p.describe().name)
+                    .collect();
+                bad(format!(
+                    "unknown protocol {:?}; known: {}",
+                    self.protocol,
+                    names.join(", ")
+                ))
+            })?;
+        let path = match &self.path {
+            Some(p) => p.clone(),
+            None => protocol.describe().routes[0].path.clone(),
+        };
+        let wanted = self
+            .prompts
+            .as_deref()
+            .unwrap_or(&["positive".to_string()])
+            .iter()
+            .map(|p| match p.as_str() {
+                "positive" => Ok(Polarity::Positive),
+                "negative" => Ok(Polarity::Negative),
+                "unknown" => Ok(Polarity::Unknown),
+                other => Err(bad(format!(
+                    "prompts: {other:?} is not positive, negative or unknown"
+                ))),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let request = prip_protocols::Request::post(&path, self.body.to_string());
+        let slots = protocol
+            .extract(&request)
+            .map_err(|e| (PripStatus::Refine, format!("{}: {e}", self.protocol)))?
+            .into_iter()
+            .filter(|s| wanted.contains(&s.polarity))
+            .collect();
+        Ok(Plan {
+            protocol,
+            request,
+            slots,
+        })
+    }
+}
+
+impl Plan {
+    /// One refine request per slot.
+    pub(crate) fn requests(&self, seed: Option<u64>, system: Option<&str>) -> Vec<RefineRequest> {
+        self.slots
+            .iter()
+            .map(|s| RefineRequest {
+                prompt: s.text.clone(),
+                seed,
+                system: system.map(str::to_string),
+            })
+            .collect()
+    }
+
+    /// Writes the refined texts back: `{"body": ..., "refined": [{"id", "polarity",
+    /// "original", "refined", "seed"}], "errors": [{"id", "error"}]}`. A slot whose
+    /// refinement failed keeps its text and is listed under errors.
+    pub(crate) fn finish(self, results: Vec<Value>) -> Result<Value, Failure> {
+        let mut replacements = Vec::new();
+        let mut refined = Vec::new();
+        let mut errors = Vec::new();
+        for (slot, result) in self.slots.iter().zip(results) {
+            match result.get("refined").and_then(Value::as_str) {
+                Some(text) => {
+                    replacements.push(Replacement {
+                        id: slot.id.clone(),
+                        original: slot.text.clone(),
+                        text: text.to_string(),
+                    });
+                    refined.push(json!({
+                        "id": slot.id,
+                        "polarity": slot.polarity.as_str(),
+                        "original": slot.text,
+                        "refined": text,
+                        "seed": result["seed"],
+                    }));
+                }
+                None => errors.push(json!({"id": slot.id, "error": result["error"]})),
+            }
+        }
+        let body: Value = if replacements.is_empty() {
+            serde_json::from_slice(&self.request.body).expect("the body came from JSON")
+        } else {
+            let bytes = self
+                .protocol
+                .apply(&self.request, &replacements)
+                .map_err(|e| (PripStatus::Refine, e))?;
+            serde_json::from_slice(&bytes).map_err(|e| {
+                (
+                    PripStatus::Refine,
+                    format!("adapter wrote invalid JSON: {e}"),
+                )
+            })?
+        };
+        Ok(json!({"body": body, "refined": refined, "errors": errors}))
+    }
+}
