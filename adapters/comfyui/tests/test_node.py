@@ -1,0 +1,164 @@
+"""The PRIP node package inside a fake ComfyUI, refining with the real libprip_abi."""
+
+from __future__ import annotations
+
+import copy
+import os
+import types
+from pathlib import Path
+
+import pytest
+from conftest import execute, fixture, node_info
+
+sys_path_lib = Path(__file__).resolve().parents[2] / "python"
+
+
+def inputs(**changes: object) -> dict[str, object]:
+    base: dict[str, object] = {
+        "text": "a little cat running in the woods",
+        "seed": 7,
+        "enabled": True,
+        "system": "",
+        "max_new_tokens": 8,
+        "creativity": 0.7,
+    }
+    base.update(changes)
+    return base
+
+
+def direct(prompt: str, seed: int, **generation: object) -> str:
+    """The same prompt refined by libprip directly, without the node."""
+    import libprip
+
+    with libprip.Refiner(Path(os.environ["PRIP_LIB"]), {"model": os.environ["PRIP_MODEL"], "device": "cpu"}) as r:
+        result = r.refine([{"prompt": prompt, "seed": seed}], dict(generation) or None)[0]
+    refined: str = result["refined"]
+    return refined
+
+
+@pytest.fixture(autouse=True)
+def _binding_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(sys_path_lib))
+
+
+def test_the_node_registers_like_a_comfyui_node_and_feeds_text_inputs(comfy: types.SimpleNamespace) -> None:
+    mappings = comfy.package.NODE_CLASS_MAPPINGS
+    assert list(mappings) == ["PripPromptRefiner"]
+    assert comfy.package.NODE_DISPLAY_NAME_MAPPINGS["PripPromptRefiner"] == "PRIP Prompt Refiner"
+    assert (Path(comfy.package.__file__).parent / comfy.package.WEB_DIRECTORY / "prip.js").is_file()
+    info = node_info(mappings["PripPromptRefiner"], "PripPromptRefiner", "PRIP Prompt Refiner")
+    recorded = fixture("comfyui/object_info.json")
+    assert set(info) == set(recorded["CLIPTextEncode"])
+    assert info["input_order"]["required"] == ["text", "seed", "enabled", "system", "max_new_tokens", "creativity"]
+    assert info["output"] == ["STRING", "INT"]
+    # The refined STRING fits CLIPTextEncode's text and the seed fits KSampler's seed.
+    assert recorded["CLIPTextEncode"]["input"]["required"]["text"][0] == info["output"][0]
+    assert recorded["KSampler"]["input"]["required"]["seed"][0] == info["output"][1]
+    assert info["input"]["required"]["seed"][1]["max"] == recorded["KSampler"]["input"]["required"]["seed"][1]["max"]
+
+
+def test_the_node_refines_reproducibly(comfy: types.SimpleNamespace) -> None:
+    node = comfy.package.NODE_CLASS_MAPPINGS["PripPromptRefiner"]
+    (refined, seed), ui = execute(node, inputs())
+    assert seed == 7
+    assert refined.startswith("a little cat running in the woods")
+    assert refined == direct("a little cat running in the woods", 7, max_new_tokens=8, temperature=0.7)
+    assert ui["prip"][0].startswith("PRIP: refined (seed 7")
+    (again, _), _ = execute(node, inputs())
+    assert again == refined
+    assert node.IS_CHANGED(**inputs()) == node.IS_CHANGED(**inputs())
+    # Disabled: the text passes through untouched.
+    (text, seed), _ = execute(node, inputs(enabled=False, seed=3))
+    assert (text, seed) == ("a little cat running in the woods", 3)
+
+
+def test_the_model_loads_once_and_can_be_unloaded(comfy: types.SimpleNamespace) -> None:
+    node = comfy.package.NODE_CLASS_MAPPINGS["PripPromptRefiner"]
+    refiners = comfy.nodes.REFINERS
+    execute(node, inputs())
+    first = refiners._refiner
+    execute(node, inputs(text="a dog", seed=9))
+    assert refiners._refiner is first
+    answer = comfy.server.call("POST", "/prip/unload")
+    assert answer.data == {"unloaded": True}
+    assert not refiners.loaded()
+    assert comfy.server.call("POST", "/prip/unload").data == {"unloaded": False}
+    (refined, _), _ = execute(node, inputs())
+    assert refined.startswith("a little cat")
+    assert refiners.loaded()
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "reason"),
+    [
+        ("PRIP_LIB", "/no/such/libprip_abi.so", "PRIP_LIB is /no/such/libprip_abi.so, which is not a file"),
+        ("PRIP_MODEL", "/no/such/model", "/no/such/model"),
+    ],
+)
+def test_a_missing_library_or_model_keeps_the_prompt_and_says_why(
+    comfy: types.SimpleNamespace, monkeypatch: pytest.MonkeyPatch, variable: str, value: str, reason: str
+) -> None:
+    node = comfy.package.NODE_CLASS_MAPPINGS["PripPromptRefiner"]
+    good = os.environ[variable]
+    monkeypatch.setenv(variable, value)
+    (text, seed), ui = execute(node, inputs())
+    assert (text, seed) == ("a little cat running in the woods", 7)
+    assert ui["prip_failed"] == [True]
+    message = ui["prip"][0]
+    assert message.startswith("PRIP: not refined, the prompt is used as written: ")
+    assert reason in message and "\n" not in message
+    # The fallback is not cached: once fixed, the node runs and refines again.
+    assert node.IS_CHANGED(**inputs()) != node.IS_CHANGED(**inputs())
+    monkeypatch.setenv(variable, good)
+    (text, _), ui = execute(node, inputs())
+    assert text != "a little cat running in the woods" and "prip_failed" not in ui
+    assert node.IS_CHANGED(**inputs()) == node.IS_CHANGED(**inputs())
+
+
+def test_auto_mode_is_off_by_default(comfy: types.SimpleNamespace) -> None:
+    body = fixture("comfyui/prompt_request_txt2img_api.json")
+    assert len(comfy.server.on_prompt_handlers) == 1
+    assert comfy.server.trigger_on_prompt(copy.deepcopy(body)) == body
+    assert comfy.server.call("GET", "/prip/auto").data["enabled"] is False
+
+
+def test_auto_mode_refines_the_positive_prompts_of_queued_workflows(comfy: types.SimpleNamespace) -> None:
+    answer = comfy.server.call("POST", "/prip/auto", {"enabled": True, "seed": 7, "max_new_tokens": 8})
+    assert answer.status == 200 and answer.data["enabled"] is True
+    body = fixture("comfyui/prompt_request_txt2img_api.json")
+    queued = comfy.server.trigger_on_prompt(copy.deepcopy(body))
+    positive = queued["prompt"]["6"]["inputs"]["text"]
+    assert positive == direct("a (red:1.2) fox, embedding:foo", 7, max_new_tokens=8)
+    assert positive != body["prompt"]["6"]["inputs"]["text"]
+    assert queued["prompt"]["7"]["inputs"]["text"] == "blurry"
+    queued["prompt"]["6"]["inputs"]["text"] = body["prompt"]["6"]["inputs"]["text"]
+    assert queued == body
+
+    # A workflow that already uses the node is left alone.
+    with_node = copy.deepcopy(body)
+    with_node["prompt"]["20"] = {"class_type": "PripPromptRefiner", "inputs": inputs()}
+    with_node["prompt"]["6"]["inputs"]["text"] = ["20", 0]
+    assert comfy.server.trigger_on_prompt(copy.deepcopy(with_node)) == with_node
+
+
+def test_auto_mode_never_fails_the_queue(comfy: types.SimpleNamespace, monkeypatch: pytest.MonkeyPatch) -> None:
+    comfy.server.call("POST", "/prip/auto", {"enabled": True})
+    monkeypatch.setenv("PRIP_MODEL", "/no/such/model")
+    body = fixture("comfyui/prompt_request_txt2img_api.json")
+    assert comfy.server.trigger_on_prompt(copy.deepcopy(body)) == body
+    event, data = comfy.server.sent[-1]
+    assert event == "prip.status"
+    assert data["message"].startswith("PRIP auto mode: prompts used as written: ")
+    # Bodies that are not workflows pass through.
+    assert comfy.server.trigger_on_prompt({"prompt": "not a graph"}) == {"prompt": "not a graph"}
+
+
+def test_auto_mode_settings_are_checked(comfy: types.SimpleNamespace) -> None:
+    answer = comfy.server.call("POST", "/prip/auto", {"enabeld": True})
+    assert answer.status == 400
+    assert "unknown auto mode setting 'enabeld'" in answer.data["error"]
+    assert comfy.server.call("POST", "/prip/auto", {"enabled": "yes"}).status == 400
+    assert comfy.server.call("POST", "/prip/auto", {"seed": True}).status == 400
+    assert comfy.server.call("POST", "/prip/auto", "[1, 2]").status == 400
+    assert comfy.server.call("POST", "/prip/auto", "{not json").status == 400
+    assert comfy.server.call("GET", "/prip/auto").data["enabled"] is False
