@@ -44,13 +44,14 @@ def candidates(plugin_dir: Path) -> list[Path]:
     return found
 
 
-def find_library(plugin_dir: Path) -> Path:
-    """$PRIP_LIB when set (and then only it), else the first of ``candidates`` that exists."""
-    explicit = os.environ.get("PRIP_LIB")
-    if explicit:
-        if not Path(explicit).is_file():
-            raise PripError(f"PRIP_LIB is {explicit}, which is not a file")
-        return Path(explicit)
+def find_library(plugin_dir: Path, explicit: str | None = None) -> Path:
+    """``explicit`` or $PRIP_LIB when given (and then only it), else the first of
+    ``candidates`` that exists."""
+    if explicit or os.environ.get("PRIP_LIB"):
+        name, given = ("the library option", explicit) if explicit else ("PRIP_LIB", os.environ["PRIP_LIB"])
+        if not Path(given).is_file():
+            raise PripError(f"{name} is {given}, which is not a file")
+        return Path(given)
     tried = candidates(plugin_dir)
     for path in tried:
         if path.is_file():
@@ -89,7 +90,7 @@ class Refiner:
                 f"{library} implements PRIP ABI {major}.{minor}, this plugin needs "
                 f"{ABI_MAJOR}.{ABI_MINOR} or a later {ABI_MAJOR}.x; rebuild the library"
             )
-        call = [ctypes.c_uint64, ctypes.c_char_p, ctypes.POINTER(ctypes.c_void_p)]
+        call: list[Any] = [ctypes.c_uint64, ctypes.c_char_p, ctypes.POINTER(ctypes.c_void_p)]
         lib.prip_last_error.restype = ctypes.c_char_p
         lib.prip_open.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_uint64)]
         lib.prip_refine_batch.argtypes = call
@@ -111,6 +112,8 @@ class Refiner:
             raise PripError("the refiner was unloaded")
         out = ctypes.c_void_p()
         self._check(fn(self._handle, json.dumps(payload).encode(), ctypes.byref(out)))
+        # A successful call always sets out.
+        assert out.value is not None
         try:
             result: dict[str, Any] = json.loads(ctypes.string_at(out.value).decode())
         finally:
@@ -149,9 +152,9 @@ class Cache:
         self._key: tuple[str, str] | None = None
         self._refiner: Refiner | None = None
 
-    def get(self, plugin_dir: Path, config: dict[str, Any]) -> Refiner:
+    def get(self, plugin_dir: Path, config: dict[str, Any], library_path: str | None = None) -> Refiner:
         with self._lock:
-            library = find_library(plugin_dir)
+            library = find_library(plugin_dir, library_path)
             key = (str(library), json.dumps(config, sort_keys=True))
             if self._refiner is None or self._key != key:
                 self._close()

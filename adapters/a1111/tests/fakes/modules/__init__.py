@@ -1,0 +1,1 @@
+"""Fakes of the A1111/Forge `modules` package that extensions import."""
