@@ -26,9 +26,10 @@ pub enum TrainCommand {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
-    /// Convert a DiffusionDB download (unzipped images/part-NNNNNN folders) into a system-language corpus.
+    /// Convert a DiffusionDB download (metadata.parquet, or the unzipped images/part-NNNNNN
+    /// folders) into a system-language corpus.
     ImportDiffusiondb {
-        /// The dataset root (or its images/ folder).
+        /// The dataset root, its images/ folder, or a .parquet metadata file.
         root: PathBuf,
         /// Output JSONL.
         #[arg(long)]
