@@ -51,7 +51,8 @@ impl Engine {
             device,
             fetch: true,
         };
-        let refiner = Refiner::open(&opts).with_context(|| format!("opening model {model}"))?;
+        // The error already names the model or the file at fault.
+        let refiner = Refiner::open(&opts)?;
         Ok(Self::InProcess(Box::new(refiner)))
     }
 
