@@ -1,7 +1,10 @@
 //! The calling side of the ABI: load a `libprip_abi` built elsewhere (with CUDA, say,
 //! or by another PRIP checkout) and refine through it, as C or Python callers do.
 //!
-//! ```no_run
+//! (Not compiled as a doctest: rustdoc links this crate's examples against a second
+//! serde_json build, so `json!` values would not match the library's type.)
+//!
+//! ```ignore
 //! # fn main() -> Result<(), prip_abi::client::LibError> {
 //! use prip_abi::client::{LibRefiner, Library};
 //! let lib = Library::load("target/release/libprip_abi.so".as_ref())?;
