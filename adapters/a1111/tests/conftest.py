@@ -8,8 +8,6 @@ tiny model and sets PRIP_LIB, PRIP_MODEL and PRIP_FIXTURES.
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 from pathlib import Path
 from typing import Any, Iterator
@@ -18,17 +16,9 @@ import pytest
 
 EXTENSION_DIR = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent / "fakes"))
+sys.path.insert(0, str(EXTENSION_DIR.parent / "python"))
 
-
-def required_env(name: str) -> str:
-    value = os.environ.get(name)
-    if not value:
-        pytest.exit(f"{name} is not set: run these tests with `cargo test -p prip-abi --test plugins`", returncode=2)
-    return value
-
-
-def fixture(rel: str) -> Any:
-    return json.loads((Path(required_env("PRIP_FIXTURES")) / rel).read_text())
+from plugin_testing import required_env  # noqa: E402
 
 
 @pytest.fixture

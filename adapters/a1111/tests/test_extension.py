@@ -10,21 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import EXTENSION_DIR, fixture
+from conftest import EXTENSION_DIR
 from modules import processing, scripts
+from plugin_testing import direct, fixture
 
 PROMPT = "a (red:1.2) fox <lora:foxy:0.8> in the snow"
-
-
-def direct(prompt: str, seed: int, **generation: Any) -> str:
-    """The same prompt refined by libprip directly, without the web UI."""
-    sys.path.insert(0, str(EXTENSION_DIR))
-    import libprip
-
-    with libprip.Refiner(Path(os.environ["PRIP_LIB"]), {"model": os.environ["PRIP_MODEL"], "device": "cpu"}) as r:
-        result = r.refine([{"prompt": prompt, "seed": seed}], generation or None)[0]
-    refined: str = result["refined"]
-    return refined
 
 
 def txt2img(runner: scripts.ScriptRunner, args: list[Any] | None, **changes: Any) -> dict[str, Any]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
-import os
 import sys
 import types
 from dataclasses import dataclass, field
@@ -22,18 +21,10 @@ from typing import Any, Callable, Iterator
 import pytest
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PACKAGE_DIR.parent / "python"))
+
+from plugin_testing import required_env  # noqa: E402
 MODULE_NAME = "prip_under_test"
-
-
-def required_env(name: str) -> str:
-    value = os.environ.get(name)
-    if not value:
-        pytest.exit(f"{name} is not set: run these tests with `cargo test -p prip-abi --test plugins`", returncode=2)
-    return value
-
-
-def fixture(rel: str) -> Any:
-    return json.loads((Path(required_env("PRIP_FIXTURES")) / rel).read_text())
 
 
 class Routes:

@@ -8,9 +8,8 @@ import types
 from pathlib import Path
 
 import pytest
-from conftest import execute, fixture, node_info
-
-sys_path_lib = Path(__file__).resolve().parents[2] / "python"
+from conftest import execute, node_info
+from plugin_testing import direct, fixture
 
 
 def inputs(**changes: object) -> dict[str, object]:
@@ -24,21 +23,6 @@ def inputs(**changes: object) -> dict[str, object]:
     }
     base.update(changes)
     return base
-
-
-def direct(prompt: str, seed: int, **generation: object) -> str:
-    """The same prompt refined by libprip directly, without the node."""
-    import libprip
-
-    with libprip.Refiner(Path(os.environ["PRIP_LIB"]), {"model": os.environ["PRIP_MODEL"], "device": "cpu"}) as r:
-        result = r.refine([{"prompt": prompt, "seed": seed}], dict(generation) or None)[0]
-    refined: str = result["refined"]
-    return refined
-
-
-@pytest.fixture(autouse=True)
-def _binding_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.syspath_prepend(str(sys_path_lib))
 
 
 def test_the_node_registers_like_a_comfyui_node_and_feeds_text_inputs(comfy: types.SimpleNamespace) -> None:
