@@ -56,7 +56,7 @@ class PripPromptRefiner:
                      "tooltip": "The same seed always refines a prompt the same way."},
                 ),
                 "enabled": ("BOOLEAN", {"default": True, "tooltip": "Off passes the text through."}),
-                "system": ("STRING", {"default": "", "tooltip": "Generation system adapter (e.g. sdxl); empty for the model's default."}),
+                "system": ("STRING", {"default": "", "tooltip": "A generation system the model has an adapter for; empty for its default."}),
                 "max_new_tokens": ("INT", {"default": 40, "min": 1, "max": 256, "tooltip": "Most tokens to add."}),
                 "creativity": ("FLOAT", {"default": 0.7, "min": 0.0, "max": 2.0, "step": 0.05, "tooltip": "Sampling temperature; 0 always picks the likeliest words."}),
             }

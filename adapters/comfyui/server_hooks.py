@@ -33,6 +33,11 @@ class AutoMode:
             # bool is an int in Python, but never a valid seed or token count.
             if not isinstance(value, SETTING_TYPES[key]) or (isinstance(value, bool) and key != "enabled"):
                 raise ValueError(f"auto mode setting {key!r} cannot be {value!r}")
+            # The same bounds as the node's inputs, so a bad value fails here and not
+            # on the next queued workflow.
+            low = {"seed": 0, "max_new_tokens": 1, "creativity": 0}.get(key)
+            if low is not None and value is not None and value < low:
+                raise ValueError(f"auto mode setting {key!r} must be at least {low}, not {value!r}")
         for key, value in changes.items():
             setattr(self, key, value)
 

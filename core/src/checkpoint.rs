@@ -144,11 +144,9 @@ impl Manifest {
         if name == BASE_SYSTEM {
             return Ok(SystemConfig::default());
         }
-        let mut known: Vec<&str> = self.systems.keys().map(String::as_str).collect();
-        known.insert(0, BASE_SYSTEM);
         Err(Error::Config(format!(
             "unknown system {name:?} (this model has: {})",
-            known.join(", ")
+            self.system_names().join(", ")
         )))
     }
 

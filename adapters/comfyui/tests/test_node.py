@@ -143,6 +143,9 @@ def test_auto_mode_settings_are_checked(comfy: types.SimpleNamespace) -> None:
     assert "unknown auto mode setting 'enabeld'" in answer.data["error"]
     assert comfy.server.call("POST", "/prip/auto", {"enabled": "yes"}).status == 400
     assert comfy.server.call("POST", "/prip/auto", {"seed": True}).status == 400
+    assert comfy.server.call("POST", "/prip/auto", {"seed": -1}).status == 400
+    assert comfy.server.call("POST", "/prip/auto", {"max_new_tokens": 0}).status == 400
+    assert comfy.server.call("POST", "/prip/auto", {"enabled": True, "max_new_tokens": -5}).status == 400
     assert comfy.server.call("POST", "/prip/auto", "[1, 2]").status == 400
     assert comfy.server.call("POST", "/prip/auto", "{not json").status == 400
     assert comfy.server.call("GET", "/prip/auto").data["enabled"] is False
