@@ -110,7 +110,7 @@ pub fn run(args: ServeArgs, cfg: &Config) -> anyhow::Result<ExitCode> {
     if !prompts.is_empty() {
         serve.polarities = prompts
             .iter()
-            .map(|p| polarity(p))
+            .map(|p| p.parse::<Polarity>().context("--prompts"))
             .collect::<Result<_, _>>()?;
     }
     serve.system = args.system.or_else(|| d.system.clone());
@@ -180,13 +180,4 @@ fn seconds(s: f64, what: &str) -> anyhow::Result<Duration> {
         bail!("{what} must be a positive number of seconds, not {s}");
     }
     Ok(Duration::from_secs_f64(s))
-}
-
-fn polarity(name: &str) -> anyhow::Result<Polarity> {
-    Ok(match name.trim() {
-        "positive" => Polarity::Positive,
-        "negative" => Polarity::Negative,
-        "unknown" => Polarity::Unknown,
-        other => bail!("--prompts: {other:?} is not positive, negative or unknown"),
-    })
 }

@@ -63,13 +63,9 @@ impl RewriteRequest {
             .as_deref()
             .unwrap_or(&["positive".to_string()])
             .iter()
-            .map(|p| match p.as_str() {
-                "positive" => Ok(Polarity::Positive),
-                "negative" => Ok(Polarity::Negative),
-                "unknown" => Ok(Polarity::Unknown),
-                other => Err(bad(format!(
-                    "prompts: {other:?} is not positive, negative or unknown"
-                ))),
+            .map(|p| {
+                p.parse::<Polarity>()
+                    .map_err(|e| bad(format!("prompts: {e}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
         let request = prip_protocols::Request::post(&path, self.body.to_string());

@@ -70,6 +70,32 @@ impl Polarity {
     }
 }
 
+impl std::str::FromStr for Polarity {
+    type Err = UnknownPolarity;
+
+    /// Reads the names [`Polarity::as_str`] writes, ignoring surrounding blanks.
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        match name.trim() {
+            "positive" => Ok(Polarity::Positive),
+            "negative" => Ok(Polarity::Negative),
+            "unknown" => Ok(Polarity::Unknown),
+            other => Err(UnknownPolarity(other.to_string())),
+        }
+    }
+}
+
+/// A polarity name that is none of `positive`, `negative` or `unknown`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownPolarity(pub String);
+
+impl std::fmt::Display for UnknownPolarity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?} is not positive, negative or unknown", self.0)
+    }
+}
+
+impl std::error::Error for UnknownPolarity {}
+
 /// One prompt found in a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Slot {
@@ -167,3 +193,21 @@ pub fn builtin() -> Vec<Box<dyn Protocol>> {
 
 /// The version every built-in adapter reports.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn polarity_names_round_trip() {
+        for p in [Polarity::Positive, Polarity::Negative, Polarity::Unknown] {
+            assert_eq!(p.as_str().parse::<Polarity>(), Ok(p));
+            assert_eq!(format!(" {} ", p.as_str()).parse::<Polarity>(), Ok(p));
+        }
+        let err = "Positive".parse::<Polarity>().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "\"Positive\" is not positive, negative or unknown"
+        );
+    }
+}
