@@ -7,22 +7,8 @@ use anyhow::Context;
 use prip_abi::client::{LibRefiner, Library};
 use prip_adapters::refine::{Prompt, PromptRefiner};
 use prip_core::device::DeviceSpec;
+use prip_core::sampling::GenerationPatch;
 use prip_core::{RefineRequest, Refined, Refiner, RefinerOptions};
-use serde::Serialize;
-
-/// Decoding settings given by the user; `None` keeps the checkpoint's.
-#[derive(Debug, Default, Clone, Serialize)]
-pub struct Overrides {
-    /// --max-new-tokens
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_new_tokens: Option<usize>,
-    /// --temperature
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub temperature: Option<f64>,
-    /// --top-p
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub top_p: Option<f64>,
-}
 
 /// Where refinement runs.
 pub enum Engine {
@@ -61,21 +47,13 @@ impl Engine {
     pub fn refine(
         &mut self,
         requests: &[RefineRequest],
-        overrides: &Overrides,
+        overrides: &GenerationPatch,
     ) -> anyhow::Result<Vec<Result<Refined, String>>> {
         match self {
             Self::InProcess(refiner) => {
-                let mut gen = refiner.generation_defaults().clone();
-                if let Some(v) = overrides.max_new_tokens {
-                    gen.max_new_tokens = v;
-                }
-                if let Some(v) = overrides.temperature {
-                    gen.temperature = v;
-                }
-                if let Some(v) = overrides.top_p {
-                    gen.top_p = v;
-                }
-                gen.validate().map_err(|e| anyhow::anyhow!(e))?;
+                let gen = overrides
+                    .apply(refiner.generation_defaults())
+                    .map_err(|e| anyhow::anyhow!(e))?;
                 Ok(refiner
                     .refine_with(requests, &gen)
                     .into_iter()
@@ -83,6 +61,8 @@ impl Engine {
                     .collect())
             }
             Self::Library(refiner) => {
+                // JSON has no NaN (it would travel as null, i.e. unset): refuse it here.
+                overrides.validate().map_err(|e| anyhow::anyhow!(e))?;
                 let generation = serde_json::to_value(overrides)?;
                 Ok(refiner.refine(requests, Some(&generation))?)
             }
@@ -100,7 +80,7 @@ impl PromptRefiner for Engine {
                 system: p.system.clone(),
             })
             .collect();
-        match Engine::refine(self, &requests, &Overrides::default()) {
+        match Engine::refine(self, &requests, &GenerationPatch::default()) {
             Ok(results) => results.into_iter().map(|r| r.map(|r| r.refined)).collect(),
             Err(e) => {
                 let msg = crate::one_line(&format!("{e:#}"));

@@ -6,11 +6,12 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Args;
+use prip_core::sampling::GenerationPatch;
 use prip_core::RefineRequest;
 use serde_json::json;
 
 use crate::config::Config;
-use crate::engine::{Engine, Overrides};
+use crate::engine::Engine;
 
 /// Flags of `prip refine`; each falls back to `[refine]` in prip.toml.
 #[derive(Debug, Args)]
@@ -83,10 +84,11 @@ pub fn run(args: RefineArgs, cfg: &Config) -> anyhow::Result<ExitCode> {
         .unwrap_or("auto");
     let lib = args.refiner_lib.as_deref().or(d.refiner_lib.as_deref());
     let mut engine = Engine::open(lib, &model, device)?;
-    let overrides = Overrides {
+    let overrides = GenerationPatch {
         max_new_tokens: args.max_new_tokens.or(d.max_new_tokens),
         temperature: args.temperature.or(d.temperature),
         top_p: args.top_p.or(d.top_p),
+        ..GenerationPatch::default()
     };
     let seed = args.seed.or(d.seed);
     let system = args.system.clone().or_else(|| d.system.clone());

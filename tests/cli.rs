@@ -741,8 +741,11 @@ fn refiner_lib_refines_like_the_built_in_refiner() {
     assert_eq!(stdout(&via_lib).lines().count(), 2);
 
     // The library's own errors come back as one line.
-    let bad = f.refine(&["--refiner-lib", lib, "--temperature", "-1", "a cat"]);
-    assert!(assert_one_line_error(&bad).contains("temperature"));
+    // The same settings are refused as in process, NaN included (JSON cannot carry it).
+    for t in ["-1", "nan"] {
+        let bad = f.refine(&["--refiner-lib", lib, "--temperature", t, "a cat"]);
+        assert!(assert_one_line_error(&bad).contains("temperature"), "{t}");
+    }
     let missing = f.refine(&["--refiner-lib", "/no/such/libprip.so", "a cat"]);
     assert!(
         assert_one_line_error(&missing).contains("cannot load refiner library /no/such/libprip.so")

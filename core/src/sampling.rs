@@ -42,6 +42,68 @@ impl Default for GenerationConfig {
     }
 }
 
+/// A partial [`GenerationConfig`]: the settings a caller changes (CLI flags, a C ABI
+/// request's `"generation"` object), `None` keeping the base's. Every front end merges
+/// through [`GenerationPatch::apply`], so a value is accepted or refused the same way
+/// whichever way it arrives.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GenerationPatch {
+    /// See [`GenerationConfig::max_new_tokens`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_new_tokens: Option<usize>,
+    /// See [`GenerationConfig::temperature`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    /// See [`GenerationConfig::top_k`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<usize>,
+    /// See [`GenerationConfig::top_p`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f64>,
+    /// See [`GenerationConfig::repetition_penalty`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repetition_penalty: Option<f64>,
+    /// See [`GenerationConfig::no_repeat_ngram`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub no_repeat_ngram: Option<usize>,
+    /// See [`GenerationConfig::stop_at_newline`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop_at_newline: Option<bool>,
+    /// See [`GenerationConfig::banned_words`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub banned_words: Option<Vec<String>>,
+}
+
+impl GenerationPatch {
+    /// `base` with the set fields replaced, validated.
+    pub fn apply(&self, base: &GenerationConfig) -> Result<GenerationConfig, String> {
+        let cfg = GenerationConfig {
+            max_new_tokens: self.max_new_tokens.unwrap_or(base.max_new_tokens),
+            temperature: self.temperature.unwrap_or(base.temperature),
+            top_k: self.top_k.unwrap_or(base.top_k),
+            top_p: self.top_p.unwrap_or(base.top_p),
+            repetition_penalty: self.repetition_penalty.unwrap_or(base.repetition_penalty),
+            no_repeat_ngram: self.no_repeat_ngram.unwrap_or(base.no_repeat_ngram),
+            stop_at_newline: self.stop_at_newline.unwrap_or(base.stop_at_newline),
+            banned_words: self
+                .banned_words
+                .clone()
+                .unwrap_or_else(|| base.banned_words.clone()),
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks the set values on their own. [`GenerationConfig::validate`]'s rules each
+    /// concern one field, so this refuses exactly what [`GenerationPatch::apply`] would
+    /// over any valid base; callers that send the patch elsewhere as JSON (which has no
+    /// NaN) check it first.
+    pub fn validate(&self) -> Result<(), String> {
+        self.apply(&GenerationConfig::default()).map(drop)
+    }
+}
+
 impl GenerationConfig {
     /// Refuses values that make no sense.
     pub fn validate(&self) -> Result<(), String> {
@@ -226,6 +288,42 @@ mod tests {
             no_repeat_ngram: 0,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_patch_changes_only_what_it_sets() {
+        let base = greedy();
+        assert_eq!(GenerationPatch::default().apply(&base), Ok(base.clone()));
+        let patch: GenerationPatch =
+            serde_json::from_str(r#"{"top_p": 0.5, "banned_words": ["nsfw"]}"#).unwrap();
+        let cfg = patch.apply(&base).unwrap();
+        assert_eq!(cfg.top_p, 0.5);
+        assert_eq!(cfg.banned_words, ["nsfw"]);
+        assert_eq!(cfg.temperature, base.temperature);
+        assert_eq!(cfg.max_new_tokens, base.max_new_tokens);
+        // Unset fields stay out of the JSON, so the receiver keeps its own defaults.
+        assert_eq!(
+            serde_json::to_string(&patch).unwrap(),
+            r#"{"top_p":0.5,"banned_words":["nsfw"]}"#
+        );
+        let err = serde_json::from_str::<GenerationPatch>(r#"{"top_q": 1}"#).unwrap_err();
+        assert!(err.to_string().contains("top_q"), "{err}");
+    }
+
+    #[test]
+    fn a_patch_is_validated() {
+        let nan = GenerationPatch {
+            temperature: Some(f64::NAN),
+            ..Default::default()
+        };
+        assert!(nan.validate().unwrap_err().contains("temperature"));
+        assert!(nan.apply(&greedy()).is_err());
+        let wide = GenerationPatch {
+            top_p: Some(7.0),
+            ..Default::default()
+        };
+        assert!(wide.validate().unwrap_err().contains("top_p"));
+        assert_eq!(GenerationPatch::default().validate(), Ok(()));
     }
 
     #[test]

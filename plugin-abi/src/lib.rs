@@ -41,7 +41,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use prip_core::device::DeviceSpec;
-use prip_core::sampling::GenerationConfig;
+use prip_core::sampling::{GenerationConfig, GenerationPatch};
 use prip_core::store::ModelStore;
 use prip_core::{RefineRequest, Refiner, RefinerOptions};
 use serde::Deserialize;
@@ -220,28 +220,14 @@ fn yes() -> bool {
     true
 }
 
-/// Applies a partial `generation` object over `base`.
+/// Applies a partial `generation` object (a [`GenerationPatch`]) over `base`.
 fn overlay(base: &GenerationConfig, partial: Option<&Value>) -> Result<GenerationConfig, Failure> {
     let Some(partial) = partial else {
         return Ok(base.clone());
     };
-    let Value::Object(changes) = partial else {
-        return Err((
-            PripStatus::InvalidJson,
-            "generation must be an object".into(),
-        ));
-    };
-    let mut merged = serde_json::to_value(base).expect("GenerationConfig serialises");
-    if let Value::Object(m) = &mut merged {
-        for (k, v) in changes {
-            m.insert(k.clone(), v.clone());
-        }
-    }
-    let cfg: GenerationConfig = serde_json::from_value(merged)
-        .map_err(|e| (PripStatus::InvalidJson, format!("generation: {e}")))?;
-    cfg.validate()
-        .map_err(|e| (PripStatus::InvalidJson, format!("generation: {e}")))?;
-    Ok(cfg)
+    let invalid = |e: String| (PripStatus::InvalidJson, format!("generation: {e}"));
+    let patch = GenerationPatch::deserialize(partial).map_err(|e| invalid(e.to_string()))?;
+    patch.apply(base).map_err(invalid)
 }
 
 /// Opens a refiner from a JSON config and writes its handle to `out`:
