@@ -3,7 +3,7 @@
 //!
 //! The guests are built by a nested cargo into their own target directory
 //! (`target/wasm-guests`), so it never waits on the outer build's lock and later
-//! builds reuse it.
+//! builds reuse it. Build scripts running at once take turns on it (a file lock).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -28,6 +28,12 @@ fn main() {
         .unwrap_or_else(|| root.join("target"))
         .join("wasm-guests");
     let out_dir = PathBuf::from(env("OUT_DIR"));
+    // Every protocol's guest is the same crate, written to the same file; two build
+    // scripts at once (a dev and a release build, `cargo clippy` beside `cargo test`)
+    // would otherwise read each other's module. Hold the directory until all are read.
+    std::fs::create_dir_all(&target_dir).expect("create the guests' target directory");
+    let lock = std::fs::File::create(target_dir.join("prip-build.lock")).expect("lock file");
+    lock.lock().expect("lock the guests' target directory");
     let mut table = String::from("&[\n");
     for protocol in PROTOCOLS {
         let file = build_component(&root, &target_dir, &out_dir, protocol);
@@ -40,6 +46,7 @@ fn main() {
     std::fs::write(out_dir.join("builtin.rs"), table).expect("write builtin.rs");
     // The sandbox tests load this one from a directory, as a user's adapter.
     build_component(&root, &target_dir, &out_dir, "faulty");
+    drop(lock);
 }
 
 /// Builds one protocol's guest and writes it as `OUT_DIR/<protocol>.wasm`, a component.
