@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from .libprip import PripError
-from .nodes import PLUGIN_DIR, REFINERS, generation, open_config
+from .nodes import PLUGIN_DIR, REFINERS, PripPromptRefiner, generation, open_config
 
 log = logging.getLogger("prip")
 
@@ -33,9 +33,9 @@ class AutoMode:
             # bool is an int in Python, but never a valid seed or token count.
             if not isinstance(value, SETTING_TYPES[key]) or (isinstance(value, bool) and key != "enabled"):
                 raise ValueError(f"auto mode setting {key!r} cannot be {value!r}")
-            # The same bounds as the node's inputs, so a bad value fails here and not
-            # on the next queued workflow.
-            low = {"seed": 0, "max_new_tokens": 1, "creativity": 0}.get(key)
+            # The node's lower bounds, so a bad value fails here and not on the next
+            # queued workflow.
+            low = NODE_INPUTS.get(key, ("", {}))[1].get("min")
             if low is not None and value is not None and value < low:
                 raise ValueError(f"auto mode setting {key!r} must be at least {low}, not {value!r}")
         for key, value in changes.items():
@@ -70,6 +70,8 @@ class AutoMode:
         body: dict[str, Any] = out["body"]
         return body
 
+
+NODE_INPUTS: dict[str, Any] = PripPromptRefiner.INPUT_TYPES()["required"]
 
 SETTING_TYPES: dict[str, tuple[type, ...]] = {
     "enabled": (bool,),
