@@ -33,11 +33,12 @@ class AutoMode:
             # bool is an int in Python, but never a valid seed or token count.
             if not isinstance(value, SETTING_TYPES[key]) or (isinstance(value, bool) and key != "enabled"):
                 raise ValueError(f"auto mode setting {key!r} cannot be {value!r}")
-            # The node's lower bounds, so a bad value fails here and not on the next
-            # queued workflow.
-            low = NODE_INPUTS.get(key, ("", {}))[1].get("min")
-            if low is not None and value is not None and value < low:
-                raise ValueError(f"auto mode setting {key!r} must be at least {low}, not {value!r}")
+            # The node's bounds, so a bad value fails here and not on the next queued
+            # workflow.
+            spec = NODE_INPUTS.get(key, ("", {}))[1]
+            low, high = spec.get("min"), spec.get("max")
+            if value is not None and ((low is not None and value < low) or (high is not None and value > high)):
+                raise ValueError(f"auto mode setting {key!r} must be in [{low}, {high}], not {value!r}")
         for key, value in changes.items():
             setattr(self, key, value)
 

@@ -146,6 +146,12 @@ def test_auto_mode_settings_are_checked(comfy: types.SimpleNamespace) -> None:
     assert comfy.server.call("POST", "/prip/auto", {"seed": -1}).status == 400
     assert comfy.server.call("POST", "/prip/auto", {"max_new_tokens": 0}).status == 400
     assert comfy.server.call("POST", "/prip/auto", {"enabled": True, "max_new_tokens": -5}).status == 400
+    # The node's upper bounds hold too.
+    too_long = comfy.server.call("POST", "/prip/auto", {"max_new_tokens": 257})
+    assert too_long.status == 400
+    assert "'max_new_tokens' must be in [1, 256], not 257" in too_long.data["error"]
+    assert comfy.server.call("POST", "/prip/auto", {"creativity": 2.5}).status == 400
+    assert comfy.server.call("POST", "/prip/auto", {"creativity": 2.0, "max_new_tokens": 256}).status == 200
     assert comfy.server.call("POST", "/prip/auto", "[1, 2]").status == 400
     assert comfy.server.call("POST", "/prip/auto", "{not json").status == 400
     assert comfy.server.call("GET", "/prip/auto").data["enabled"] is False
