@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use prip_core::store::ModelStore;
-use prip_trainer::eval::{evaluate, markdown, EvalOptions};
+use prip_trainer::eval::{evaluate, markdown, EvalOptions, Report, PRIP};
 
 /// Evaluations.
 #[derive(Debug, Subcommand)]
@@ -39,7 +39,10 @@ pub struct TextArgs {
     /// Prompts decoded together.
     #[arg(long, default_value_t = 8)]
     pub batch: usize,
-    /// Also write the scores and sample outputs as JSON.
+    /// Bootstrap resamples behind the intervals of the differences from PRIP.
+    #[arg(long, default_value_t = 2000)]
+    pub resamples: usize,
+    /// Also write the report (scores, sample outputs, differences) as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,
 }
@@ -57,9 +60,10 @@ pub fn run(cmd: EvalCommand) -> anyhow::Result<ExitCode> {
         batch: a.batch,
     };
     let scores = evaluate(&opts, &ModelStore::from_env()?)?;
-    print!("{}", markdown(&scores));
+    let report = Report::new(scores, PRIP, a.resamples, a.seed)?;
+    print!("{}", markdown(&report));
     if let Some(path) = a.json {
-        let text = serde_json::to_string_pretty(&scores)?;
+        let text = serde_json::to_string_pretty(&report)?;
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(ExitCode::SUCCESS)

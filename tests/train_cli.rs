@@ -175,9 +175,9 @@ fn eval_text_scores_every_variant_the_same_way() {
     .current_dir(dir)
     .env("PRIP_LOG", "error");
     let table = ok(cmd.output().unwrap());
-    let scores: serde_json::Value =
+    let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("scores.json")).unwrap()).unwrap();
-    let rows = scores.as_array().unwrap();
+    let rows = report["scores"].as_array().unwrap();
     assert_eq!(rows.len(), 6, "{table}");
     for r in rows {
         assert_eq!(r["prompts"], 3);
@@ -191,4 +191,14 @@ fn eval_text_scores_every_variant_the_same_way() {
         "random fragments come from the vocabulary"
     );
     assert!(table.contains("| PRIP |"), "{table}");
+    // Every other row compared with PRIP, in table order.
+    let differences = report["differences"].as_array().unwrap();
+    assert_eq!(differences.len(), 5, "{table}");
+    assert_eq!(differences[0]["name"], "no refinement");
+    let relevance = &differences[0]["relevance"];
+    assert!(
+        relevance["low"].as_f64() <= relevance["high"].as_f64(),
+        "{relevance}"
+    );
+    assert!(table.contains("Difference from PRIP"), "{table}");
 }

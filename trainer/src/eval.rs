@@ -12,7 +12,6 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use candle_core::Tensor;
 use prip_core::decoder::Template;
 use prip_core::encoder::TextEncoder;
 use prip_core::nn::OpsMode;
@@ -22,11 +21,14 @@ use prip_core::syntax::{self, SpanKind};
 use prip_core::{RefineRequest, Refiner, RefinerOptions};
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use crate::recipe::Vocabulary;
 use crate::{Result, TrainError};
+
+/// The row every other system is compared with.
+pub const PRIP: &str = "PRIP";
 
 /// What to evaluate.
 #[derive(Debug, Clone)]
@@ -72,6 +74,136 @@ pub struct Scores {
     pub tokens_per_s: f64,
     /// A few outputs, for the reader.
     pub samples: Vec<String>,
+    /// What each prompt contributed, in prompt order, for the paired bootstrap.
+    #[serde(skip)]
+    per_prompt: Vec<PromptScore>,
+}
+
+/// One prompt's share of the scores that [`Difference`] resamples.
+#[derive(Debug, Clone, Copy)]
+struct PromptScore {
+    phrases: usize,
+    known: usize,
+    relevance: f64,
+}
+
+/// A point estimate with its 95% percentile bootstrap interval.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Interval {
+    /// The difference on the prompts as evaluated.
+    pub estimate: f64,
+    /// 2.5th percentile over the resamples.
+    pub low: f64,
+    /// 97.5th percentile over the resamples.
+    pub high: f64,
+}
+
+impl Interval {
+    /// Whether the interval leaves out zero, i.e. the difference is not sampling noise
+    /// at the 95% level.
+    pub fn excludes_zero(&self) -> bool {
+        self.low > 0.0 || self.high < 0.0
+    }
+}
+
+/// One system minus the reference, over the same prompts and seeds.
+///
+/// The systems are paired (same prompt, same seed), so the bootstrap resamples prompts
+/// and recomputes both systems' scores on each resample: the interval then reflects
+/// how much the gap depends on which prompts were drawn. Distinct-2 is left out: it
+/// counts repeats across prompts, and resampling with replacement makes repeats.
+#[derive(Debug, Clone, Serialize)]
+pub struct Difference {
+    /// The system compared with the reference.
+    pub name: String,
+    /// Added phrases per prompt.
+    pub phrases_per_prompt: Interval,
+    /// Share of added phrases in the vocabulary.
+    pub in_vocabulary: Interval,
+    /// Mean relevance.
+    pub relevance: Interval,
+}
+
+/// A whole report: every system's scores and each one's difference from the reference.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Scores in table order.
+    pub scores: Vec<Scores>,
+    /// The row the differences are taken from.
+    pub reference: String,
+    /// Bootstrap resamples behind each interval.
+    pub resamples: usize,
+    /// Every other row minus the reference.
+    pub differences: Vec<Difference>,
+}
+
+impl Report {
+    /// Compares every row with the one named `reference` by a paired bootstrap of
+    /// `resamples` draws of the prompts (seeded, so a rerun prints the same intervals).
+    pub fn new(scores: Vec<Scores>, reference: &str, resamples: usize, seed: u64) -> Result<Self> {
+        let base = scores.iter().find(|s| s.name == reference).ok_or_else(|| {
+            TrainError::Config(format!("no row named {reference:?} to compare with"))
+        })?;
+        let n = base.per_prompt.len();
+        if n == 0 || resamples == 0 {
+            return Err(TrainError::Config(
+                "a bootstrap needs at least one prompt and one resample".into(),
+            ));
+        }
+        let mut rng = StdRng::seed_from_u64(seed);
+        let draws: Vec<Vec<usize>> = (0..resamples)
+            .map(|_| (0..n).map(|_| rng.random_range(0..n)).collect())
+            .collect();
+        let all: Vec<usize> = (0..n).collect();
+        let mut differences = Vec::new();
+        for other in scores.iter().filter(|s| s.name != reference) {
+            if other.per_prompt.len() != n {
+                return Err(TrainError::Config(format!(
+                    "{:?} scored {} prompts, {reference:?} {n}: not paired",
+                    other.name,
+                    other.per_prompt.len()
+                )));
+            }
+            let interval = |metric: fn(&[PromptScore], &[usize]) -> f64| {
+                let diff =
+                    |idx: &[usize]| metric(&other.per_prompt, idx) - metric(&base.per_prompt, idx);
+                let mut samples: Vec<f64> = draws.iter().map(|d| diff(d)).collect();
+                samples.sort_by(f64::total_cmp);
+                let at = |q: f64| {
+                    samples[((q * (resamples - 1) as f64).round() as usize).min(resamples - 1)]
+                };
+                Interval {
+                    estimate: diff(&all),
+                    low: at(0.025),
+                    high: at(0.975),
+                }
+            };
+            differences.push(Difference {
+                name: other.name.clone(),
+                phrases_per_prompt: interval(|p, idx| {
+                    idx.iter().map(|&i| p[i].phrases as f64).sum::<f64>() / idx.len() as f64
+                }),
+                in_vocabulary: interval(|p, idx| {
+                    let phrases: usize = idx.iter().map(|&i| p[i].phrases).sum();
+                    let known: usize = idx.iter().map(|&i| p[i].known).sum();
+                    if phrases == 0 {
+                        0.0
+                    } else {
+                        known as f64 / phrases as f64
+                    }
+                }),
+                relevance: interval(|p, idx| {
+                    idx.iter().map(|&i| p[i].relevance).sum::<f64>() / idx.len() as f64
+                }),
+            });
+        }
+        Ok(Report {
+            scores,
+            reference: reference.to_string(),
+            resamples,
+            differences,
+        })
+    }
 }
 
 struct Output {
@@ -158,7 +290,7 @@ pub fn evaluate(opts: &EvalOptions, store: &ModelStore) -> Result<Vec<Scores>> {
             opts.model.as_str(),
             Conditioning::Instruction(instruction_template()),
         ),
-        ("PRIP", opts.model.as_str(), Conditioning::Pivot),
+        (PRIP, opts.model.as_str(), Conditioning::Pivot),
     ];
     if let Some(m) = &opts.no_pivot_model {
         variants.push(("ablation: decoder without pivot", m, Conditioning::NoPivot));
@@ -242,6 +374,7 @@ fn score(
     let mut repeated = 0usize;
     let (mut total_phrases, mut known) = (0usize, 0usize);
     let (mut bigrams, mut distinct) = (0usize, HashSet::new());
+    let mut per_prompt = Vec::with_capacity(outs.len());
     for o in outs {
         let ip = syntax::insertion_point(&o.prompt);
         if o.refined.starts_with(&o.prompt[..ip]) && o.refined.ends_with(&o.prompt[ip..]) {
@@ -256,10 +389,14 @@ fn score(
             .map(|s| s.trim().to_lowercase())
             .collect();
         let mut rep = false;
+        let mut own = PromptScore {
+            phrases: o.details.len(),
+            known: 0,
+            relevance: 0.0,
+        };
         for d in &o.details {
             let d = d.trim().to_lowercase();
-            total_phrases += 1;
-            known += usize::from(vocab.contains(&d));
+            own.known += usize::from(vocab.contains(&d));
             rep |= !seen.insert(d.clone());
             let words: Vec<&str> = d.split_whitespace().collect();
             for w in words.windows(2) {
@@ -268,9 +405,11 @@ fn score(
             }
         }
         repeated += usize::from(rep);
+        total_phrases += own.phrases;
+        known += own.known;
+        per_prompt.push(own);
     }
-    let mut relevance = 0f64;
-    for chunk in outs.chunks(64) {
+    for (c, chunk) in outs.chunks(64).enumerate() {
         let a: Vec<String> = chunk
             .iter()
             .map(|o| syntax::parse(&o.prompt).free_text())
@@ -281,9 +420,12 @@ fn score(
             .collect();
         let ea = minilm.sentence_embeddings(&a.iter().map(String::as_str).collect::<Vec<_>>())?;
         let eb = minilm.sentence_embeddings(&b.iter().map(String::as_str).collect::<Vec<_>>())?;
-        let cos: Tensor = (ea * eb)?.sum(1)?;
-        relevance += cos.sum_all()?.to_scalar::<f32>()? as f64;
+        let cos: Vec<f32> = (ea * eb)?.sum(1)?.to_vec1()?;
+        for (own, cos) in per_prompt[c * 64..].iter_mut().zip(cos) {
+            own.relevance = cos as f64;
+        }
     }
+    let relevance: f64 = per_prompt.iter().map(|p| p.relevance).sum();
     let ratio = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
     Ok(Scores {
         name: name.to_string(),
@@ -297,11 +439,39 @@ fn score(
         relevance: relevance / n,
         tokens_per_s,
         samples: outs.iter().take(4).map(|o| o.refined.clone()).collect(),
+        per_prompt,
     })
 }
 
-/// The scores as a Markdown table.
-pub fn markdown(scores: &[Scores]) -> String {
+/// The report as Markdown: the scores, then each row's difference from the reference.
+pub fn markdown(report: &Report) -> String {
+    let mut s = scores_table(&report.scores);
+    s.push_str(&format!(
+        "\nDifference from {} (paired over the same prompts and seeds; 95% bootstrap interval, {} resamples; * where it leaves out 0):\n\n| system | phrases/prompt | in vocabulary (points) | relevance |\n|---|---|---|---|\n",
+        report.reference, report.resamples
+    ));
+    let show = |i: &Interval, scale: f64, digits: usize| {
+        format!(
+            "{:+.digits$} [{:+.digits$}, {:+.digits$}]{}",
+            scale * i.estimate,
+            scale * i.low,
+            scale * i.high,
+            if i.excludes_zero() { " *" } else { "" }
+        )
+    };
+    for d in &report.differences {
+        s.push_str(&format!(
+            "| {} | {} | {} | {} |\n",
+            d.name,
+            show(&d.phrases_per_prompt, 1.0, 2),
+            show(&d.in_vocabulary, 100.0, 1),
+            show(&d.relevance, 1.0, 3),
+        ));
+    }
+    s
+}
+
+fn scores_table(scores: &[Scores]) -> String {
     let mut s = String::from(
         "| system | prompt kept | syntax kept | phrases/prompt | in vocabulary | distinct-2 | repeated phrase | relevance | tokens/s |\n|---|---|---|---|---|---|---|---|---|\n",
     );
@@ -374,7 +544,131 @@ mod tests {
         // Bigrams: oil painting x3, highly detailed, some words, words here -> 4 of 6 distinct.
         assert!((s.distinct_2 - 4.0 / 6.0).abs() < 1e-9, "{}", s.distinct_2);
         assert!(s.relevance > 0.0 && s.relevance <= 1.0 + 1e-6);
-        let table = markdown(&[s]);
+        let mean: f64 = s.per_prompt.iter().map(|p| p.relevance).sum::<f64>() / 4.0;
+        assert!((mean - s.relevance).abs() < 1e-9);
+        let phrases: Vec<usize> = s.per_prompt.iter().map(|p| p.phrases).collect();
+        assert_eq!(phrases, [2, 2, 1, 1]);
+        let table = scores_table(&[s]);
         assert!(table.contains("| t | 75.0% | 75.0% |"), "{table}");
+    }
+
+    fn row(name: &str, per_prompt: Vec<PromptScore>) -> Scores {
+        Scores {
+            name: name.into(),
+            prompts: per_prompt.len(),
+            prompt_kept: 1.0,
+            syntax_kept: 1.0,
+            phrases_per_prompt: 0.0,
+            in_vocabulary: 0.0,
+            distinct_2: 0.0,
+            repeated_phrase_rate: 0.0,
+            relevance: 0.0,
+            tokens_per_s: 0.0,
+            samples: Vec::new(),
+            per_prompt,
+        }
+    }
+
+    /// 200 prompts whose relevance and phrase counts vary from prompt to prompt.
+    fn reference() -> Vec<PromptScore> {
+        (0..200)
+            .map(|i| PromptScore {
+                phrases: 2 + i % 3,
+                known: i % 3,
+                relevance: 0.5 + 0.3 * ((i * 7 % 11) as f64 / 11.0),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn bootstrap_separates_a_consistent_gap_from_noise() {
+        let base = reference();
+        let better: Vec<PromptScore> = base
+            .iter()
+            .map(|p| PromptScore {
+                phrases: p.phrases + 1,
+                known: p.known + 1,
+                relevance: p.relevance + 0.1,
+            })
+            .collect();
+        // Half the prompts gain what the other half lose: no gap on average.
+        let noisy: Vec<PromptScore> = base
+            .iter()
+            .enumerate()
+            .map(|(i, p)| PromptScore {
+                relevance: p.relevance + if i % 2 == 0 { 0.1 } else { -0.1 },
+                ..*p
+            })
+            .collect();
+        let scores = vec![
+            row("same", base.clone()),
+            row(PRIP, base),
+            row("better", better),
+            row("noisy", noisy),
+        ];
+        let report = Report::new(scores.clone(), PRIP, 500, 3).unwrap();
+        let names: Vec<&str> = report.differences.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(names, ["same", "better", "noisy"]);
+
+        let same = &report.differences[0];
+        for i in [
+            &same.phrases_per_prompt,
+            &same.in_vocabulary,
+            &same.relevance,
+        ] {
+            assert_eq!(
+                *i,
+                Interval {
+                    estimate: 0.0,
+                    low: 0.0,
+                    high: 0.0
+                }
+            );
+            assert!(!i.excludes_zero());
+        }
+
+        let better = &report.differences[1];
+        assert!((better.relevance.estimate - 0.1).abs() < 1e-9);
+        assert!(
+            (better.relevance.low - 0.1).abs() < 1e-9 && (better.relevance.high - 0.1).abs() < 1e-9
+        );
+        assert!(better.relevance.excludes_zero() && better.phrases_per_prompt.excludes_zero());
+        assert!((better.phrases_per_prompt.estimate - 1.0).abs() < 1e-9);
+        // 1/3 known -> 2/4 known on average: a ratio, resampled as a ratio.
+        assert!(better.in_vocabulary.estimate > 0.1 && better.in_vocabulary.excludes_zero());
+
+        let noisy = &report.differences[2];
+        assert!(noisy.relevance.estimate.abs() < 1e-9);
+        assert!(noisy.relevance.low < 0.0 && noisy.relevance.high > 0.0);
+        assert!(!noisy.relevance.excludes_zero());
+        assert_eq!(noisy.phrases_per_prompt.low, 0.0);
+
+        // Seeded: the same report twice.
+        let again = Report::new(scores, PRIP, 500, 3).unwrap();
+        assert_eq!(again.differences[2].relevance, noisy.relevance);
+
+        let table = markdown(&report);
+        assert!(
+            table.contains("| better | +1.00 [+1.00, +1.00] * |"),
+            "{table}"
+        );
+        assert!(table.contains("| same | +0.00 [+0.00, +0.00] |"), "{table}");
+    }
+
+    #[test]
+    fn bootstrap_refuses_unpaired_rows() {
+        let err = Report::new(vec![row("x", reference())], PRIP, 10, 0).unwrap_err();
+        assert!(err.to_string().contains("no row named \"PRIP\""), "{err}");
+        let short = reference()[..10].to_vec();
+        let err = Report::new(
+            vec![row(PRIP, reference()), row("short", short)],
+            PRIP,
+            10,
+            0,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("not paired"), "{err}");
+        let err = Report::new(vec![row(PRIP, reference())], PRIP, 0, 0).unwrap_err();
+        assert!(err.to_string().contains("one resample"), "{err}");
     }
 }
