@@ -1,5 +1,6 @@
 //! `prip eval text`: the text-only quality report (see prip_trainer::eval).
 
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -39,9 +40,10 @@ pub struct TextArgs {
     /// Prompts decoded together.
     #[arg(long, default_value_t = 8)]
     pub batch: usize,
-    /// Bootstrap resamples behind the intervals of the differences from PRIP.
-    #[arg(long, default_value_t = 2000)]
-    pub resamples: usize,
+    /// Bootstrap resamples behind the intervals of the differences from PRIP (checked
+    /// here, before a half-hour evaluation, rather than after it).
+    #[arg(long, default_value_t = NonZeroUsize::new(2000).expect("non-zero"))]
+    pub resamples: NonZeroUsize,
     /// Also write the report (scores, sample outputs, differences) as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -60,7 +62,7 @@ pub fn run(cmd: EvalCommand) -> anyhow::Result<ExitCode> {
         batch: a.batch,
     };
     let scores = evaluate(&opts, &ModelStore::from_env()?)?;
-    let report = Report::new(scores, PRIP, a.resamples, a.seed)?;
+    let report = Report::new(scores, PRIP, a.resamples.get(), a.seed)?;
     print!("{}", markdown(&report));
     if let Some(path) = a.json {
         let text = serde_json::to_string_pretty(&report)?;

@@ -155,6 +155,25 @@ fn eval_text_scores_every_variant_the_same_way() {
         "a cat in the woods\n(a red fox:1.2)\na castle <lora:x:0.7>\n\nan owl BREAK a moon\n",
     )
     .unwrap();
+    // A bad flag is refused before the (long) evaluation starts.
+    let out = Command::new(PRIP)
+        .args([
+            "eval",
+            "text",
+            "--prompts",
+            "heldout.txt",
+            "--resamples",
+            "0",
+        ])
+        .args(["--json", "scores.json"])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("invalid value '0' for '--resamples"), "{err}");
+    assert!(!dir.join("scores.json").exists());
+
     let mut cmd = Command::new(PRIP);
     cmd.args([
         "eval",
