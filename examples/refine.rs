@@ -19,6 +19,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             prompt: p,
             seed: Some(7),
             system: None,
+            dialect: Default::default(),
         })
         .collect();
     for result in refiner.refine(&requests) {

@@ -212,10 +212,12 @@ impl PromptDecoder {
         prompts
             .iter()
             .map(|p| {
-                let tail = if p.trim().is_empty() {
+                // Exactly one separator ends the row, whatever the prompt ended in.
+                let p = p.trim().trim_end_matches([',', ' ']);
+                let tail = if p.is_empty() {
                     template.after.clone()
                 } else {
-                    format!("{} {},", template.after, p.trim())
+                    format!("{} {p},", template.after)
                 };
                 Ok(PrefixRow {
                     before: before_ids.to_vec(),
@@ -304,8 +306,10 @@ impl PromptDecoder {
     }
 
     /// Continues every row of a batch, as one padded batch with a KV cache, until each
-    /// stops (EOS, newline when configured, or `max_new_tokens`). Returns the generated
-    /// ids of each row, without the stop token.
+    /// stops (EOS, newline when configured, or `max_new_tokens`). A row may not stop
+    /// before it has written a letter or digit: a refinement that ends at once adds
+    /// nothing, so until then the stop tokens are masked out and only the token budget
+    /// ends it. Returns the generated ids of each row, without the stop token.
     pub fn generate(
         &self,
         batch: &DecoderBatch,
@@ -321,6 +325,7 @@ impl PromptDecoder {
             .map(|(r, &s)| RowSampler::new(s, r.after.clone()))
             .collect();
         let mut done = vec![cfg.max_new_tokens == 0; n];
+        let mut has_content = vec![false; n];
         let mut cache = KvCache::default();
         let lm = &self.lm.lm;
         let t0 = std::time::Instant::now();
@@ -349,7 +354,17 @@ impl PromptDecoder {
                     step_ids.push(self.lm.pad_id);
                     continue;
                 }
+                if !has_content[i] {
+                    self.mask_stops(row, cfg.stop_at_newline);
+                }
                 let tok = samplers[i].next_token(row, cfg, &banned);
+                if !has_content[i] {
+                    has_content[i] = self
+                        .lm
+                        .tokenizer
+                        .decode(&[tok], true)
+                        .is_ok_and(|t| t.chars().any(char::is_alphanumeric));
+                }
                 if self.lm.stop_ids.contains(&tok)
                     || (cfg.stop_at_newline && self.lm.newline_ids.contains(&tok))
                 {
@@ -371,5 +386,20 @@ impl PromptDecoder {
             next_pos.iter_mut().for_each(|p| *p += 1);
         }
         Ok(samplers.iter().map(|s| s.generated().to_vec()).collect())
+    }
+
+    /// Makes every token that would end the row unsampleable.
+    fn mask_stops(&self, logits: &mut [f32], newline_stops: bool) {
+        let newlines = newline_stops.then_some(&self.lm.newline_ids);
+        for &id in self
+            .lm
+            .stop_ids
+            .iter()
+            .chain(newlines.into_iter().flatten())
+        {
+            if let Some(l) = logits.get_mut(id as usize) {
+                *l = f32::NEG_INFINITY;
+            }
+        }
     }
 }

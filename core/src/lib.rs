@@ -24,4 +24,5 @@ pub mod syntax;
 pub mod testing;
 
 pub use error::{Error, Result};
-pub use refiner::{RefineRequest, Refined, Refiner, RefinerOptions};
+pub use refiner::{Outcome, Refine, RefineRequest, Refined, Refiner, RefinerOptions};
+pub use syntax::Dialect;

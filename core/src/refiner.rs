@@ -18,7 +18,7 @@ use crate::lora::{self, LoraSet};
 use crate::nn::OpsMode;
 use crate::sampling::GenerationConfig;
 use crate::store::ModelStore;
-use crate::syntax::{self, ClipTokenEstimate, Hygiene};
+use crate::syntax::{self, ClipTokenEstimate, Dialect, Hygiene};
 use crate::{Error, Result};
 
 /// Longest prompt accepted, in bytes. Real prompts are a few hundred bytes; far longer
@@ -57,6 +57,10 @@ pub struct RefineRequest {
     /// Generation system; the checkpoint's default when absent.
     #[serde(default)]
     pub system: Option<String>,
+    /// Which program reads the prompt (where comments are, so where details go);
+    /// A1111 when absent.
+    #[serde(default)]
+    pub dialect: Dialect,
 }
 
 impl RefineRequest {
@@ -84,6 +88,37 @@ pub struct Timings {
     pub batch_size: usize,
 }
 
+/// Whether a refinement added details, and if not, why.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Details were added.
+    #[default]
+    Refined,
+    /// The prompt's last chunk already fills the target encoder's token budget (CLIP:
+    /// 75 content tokens), so no generated phrase fitted.
+    BudgetFull,
+    /// The decoder ended before writing any phrase (it hit `max_new_tokens` while
+    /// still on blanks and separators).
+    ModelStopped,
+    /// Phrases were generated, but output hygiene removed every one (repeats of the
+    /// prompt, banned words, syntax only).
+    Filtered,
+}
+
+impl Outcome {
+    /// The name used in JSON, headers and metrics: `refined`, `budget_full`,
+    /// `model_stopped`, `filtered`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Refined => "refined",
+            Outcome::BudgetFull => "budget_full",
+            Outcome::ModelStopped => "model_stopped",
+            Outcome::Filtered => "filtered",
+        }
+    }
+}
+
 /// A refined prompt.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Refined {
@@ -93,6 +128,9 @@ pub struct Refined {
     pub refined: String,
     /// The details that were added.
     pub details: Vec<String>,
+    /// Whether details were added, and why not when none were.
+    #[serde(default)]
+    pub outcome: Outcome,
     /// The seed used.
     pub seed: u64,
     /// The system used.
@@ -320,7 +358,7 @@ impl Refiner {
         self.decoder.set_adapter(adapter)?;
         let free: Vec<String> = reqs
             .iter()
-            .map(|r| syntax::parse(&r.prompt).free_text())
+            .map(|r| syntax::parse(&r.prompt, r.dialect).free_text())
             .collect();
         let free_refs: Vec<&str> = free.iter().map(String::as_str).collect();
         let seeds: Vec<u64> = reqs
@@ -342,19 +380,23 @@ impl Refiner {
         let generated = self.decoder.generate(&batch, &rows, cfg, &seeds)?;
         let decode_ms = ms(t);
 
-        let hygiene = Hygiene {
-            banned_words: cfg.banned_words.clone(),
-            budget: sys.budget.unwrap_or(syntax::hygiene::CLIP_CHUNK_TOKENS),
-        };
+        let budget = sys.budget.unwrap_or(syntax::hygiene::CLIP_CHUNK_TOKENS);
         let total_ms = ms(start);
         let mut out = Vec::with_capacity(reqs.len());
         for ((r, ids), seed) in reqs.iter().zip(generated).zip(seeds) {
             let raw = self.decoder.lm().decode(&ids)?;
+            let hygiene = Hygiene {
+                banned_words: cfg.banned_words.clone(),
+                budget,
+                dialect: r.dialect,
+            };
             let details = hygiene.clean_details(&r.prompt, &raw, &ClipTokenEstimate);
+            let outcome = outcome(&hygiene, &r.prompt, &raw, &details);
             out.push(Refined {
                 prompt: r.prompt.clone(),
-                refined: syntax::append_details(&r.prompt, &details),
+                refined: syntax::append_details(&r.prompt, r.dialect, &details),
                 details,
+                outcome,
                 seed,
                 system: system.to_string(),
                 model: self.checkpoint.manifest.name.clone(),
@@ -369,6 +411,71 @@ impl Refiner {
         }
         Ok(out)
     }
+}
+
+/// Why `details` (cleaned from `raw` by `hygiene`) are what they are.
+fn outcome(hygiene: &Hygiene, prompt: &str, raw: &str, details: &[String]) -> Outcome {
+    if !details.is_empty() {
+        return Outcome::Refined;
+    }
+    let unlimited = Hygiene {
+        budget: usize::MAX,
+        ..hygiene.clone()
+    };
+    if !unlimited
+        .clean_details(prompt, raw, &ClipTokenEstimate)
+        .is_empty()
+    {
+        Outcome::BudgetFull
+    } else if raw.chars().any(char::is_alphanumeric) {
+        Outcome::Filtered
+    } else {
+        Outcome::ModelStopped
+    }
+}
+
+/// Something that refines a batch of requests: the in-process [`Refiner`], or a refiner
+/// library loaded through the C ABI (`prip_abi::client`). The proxy's queue, the CLI and
+/// the C ABI all speak this one contract.
+pub trait Refine: Send {
+    /// One result per request, in order; an error is one line of text. Requests with
+    /// equal fields are refined independently (a random seed is drawn for each).
+    fn refine_batch(
+        &mut self,
+        requests: &[RefineRequest],
+    ) -> Vec<std::result::Result<Refined, String>>;
+}
+
+impl Refine for Refiner {
+    fn refine_batch(
+        &mut self,
+        requests: &[RefineRequest],
+    ) -> Vec<std::result::Result<Refined, String>> {
+        self.refine(requests)
+            .into_iter()
+            .map(|r| r.map_err(|e| e.to_string()))
+            .collect()
+    }
+}
+
+/// The distinct requests of `requests` and, for each request, the index of its distinct
+/// one. Refining the distinct ones and mapping back gives equal requests one
+/// refinement: within one image-server request, two slots holding the same text (an SDXL
+/// `text_g` equal to `text_l`, one prompt feeding two encoders) must render the same
+/// refined prompt even when no seed is fixed.
+pub fn distinct(requests: &[RefineRequest]) -> (Vec<RefineRequest>, Vec<usize>) {
+    let mut unique: Vec<RefineRequest> = Vec::new();
+    let mut index = Vec::with_capacity(requests.len());
+    for r in requests {
+        match unique.iter().position(|u| u == r) {
+            Some(i) => index.push(i),
+            None => {
+                index.push(unique.len());
+                unique.push(r.clone());
+            }
+        }
+    }
+    (unique, index)
 }
 
 /// Refuses prompts no model should see, with a one-line reason.
@@ -390,4 +497,58 @@ pub fn validate_prompt(prompt: &str) -> Result<()> {
 
 fn ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcome_says_why_nothing_was_added() {
+        let h = Hygiene::default();
+        let got = |prompt: &str, raw: &str, h: &Hygiene| {
+            let details = h.clean_details(prompt, raw, &ClipTokenEstimate);
+            outcome(h, prompt, raw, &details)
+        };
+        assert_eq!(got("a cat", "golden hour", &h), Outcome::Refined);
+        assert_eq!(got("a cat", "", &h), Outcome::ModelStopped);
+        assert_eq!(got("a cat", " , ,\n", &h), Outcome::ModelStopped);
+        assert_eq!(got("a cat", "a cat, cat", &h), Outcome::Filtered);
+        let banned = Hygiene {
+            banned_words: vec!["nsfw".into()],
+            ..Hygiene::default()
+        };
+        assert_eq!(got("a cat", "nsfw", &banned), Outcome::Filtered);
+        let full = "word ".repeat(80);
+        assert_eq!(got(&full, "golden hour", &h), Outcome::BudgetFull);
+        assert_eq!(
+            serde_json::to_value(Outcome::BudgetFull).unwrap(),
+            "budget_full"
+        );
+    }
+
+    #[test]
+    fn distinct_requests_map_back_to_every_slot() {
+        let a = RefineRequest::new("a cat");
+        let b = RefineRequest::new("a dog");
+        let seeded = RefineRequest {
+            seed: Some(1),
+            ..RefineRequest::new("a cat")
+        };
+        let comfy = RefineRequest {
+            dialect: Dialect::ComfyUi,
+            ..RefineRequest::new("a cat")
+        };
+        let all = [
+            a.clone(),
+            b.clone(),
+            a.clone(),
+            seeded.clone(),
+            comfy.clone(),
+            b.clone(),
+        ];
+        let (unique, index) = distinct(&all);
+        assert_eq!(unique, [a, b, seeded, comfy]);
+        assert_eq!(index, [0, 1, 0, 2, 3, 1]);
+    }
 }

@@ -396,6 +396,35 @@ fn banned_words_never_come_out() {
 }
 
 #[test]
+fn a_row_never_stops_before_it_writes_a_word() {
+    let dir = tempfile::tempdir().unwrap();
+    let (enc, dec) = tiny_refiner_parts(dir.path());
+    let ps = ["a little cat"];
+    let rows = dec.rows(&ps).unwrap();
+    let batch = dec.batch(&rows, Some(&enc.encode(&ps).unwrap())).unwrap();
+    let greedy = GenerationConfig {
+        temperature: 0.0,
+        max_new_tokens: 8,
+        stop_at_newline: false,
+        ..Default::default()
+    };
+    let first = dec.generate(&batch, &rows, &greedy, &[0]).unwrap()[0][0];
+    // The same decoder, but its stop token is exactly what it wants to say first: the
+    // case of a prompt whose ending makes the model stop at once.
+    let mut lm = dec.lm().clone();
+    lm.stop_ids = [first].into();
+    let init = SeededInit::new(0).var_builder(DType::F32, &Device::Cpu);
+    let stopping = PromptDecoder::new(lm, 32, Template::default(), init.pp("projection")).unwrap();
+    let out = stopping.generate(&batch, &rows, &greedy, &[0]).unwrap()[0].clone();
+    let text = stopping.lm().decode(&out).unwrap();
+    assert!(
+        text.chars().any(char::is_alphanumeric),
+        "stopped before writing a word: {out:?} {text:?}"
+    );
+    assert!(out.len() <= 8);
+}
+
+#[test]
 fn mean_pooling_ignores_padding() {
     let dir = tempfile::tempdir().unwrap();
     testing::write_tiny_bert(&dir.path().join("b"), 4).unwrap();

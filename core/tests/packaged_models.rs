@@ -100,6 +100,7 @@ fn default_refiner_keeps_the_prompt_and_is_reproducible() {
                 prompt: prompt.into(),
                 seed: Some(7),
                 system: None,
+                dialect: Default::default(),
             },
             RefineRequest::new(""),
         ]

@@ -17,7 +17,7 @@ use prip_core::encoder::TextEncoder;
 use prip_core::nn::OpsMode;
 use prip_core::refiner::Conditioning;
 use prip_core::store::ModelStore;
-use prip_core::syntax::{self, SpanKind};
+use prip_core::syntax::{self, Dialect, SpanKind};
 use prip_core::{RefineRequest, Refiner, RefinerOptions};
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
@@ -271,7 +271,7 @@ pub fn evaluate(opts: &EvalOptions, store: &ModelStore) -> Result<Vec<Scores>> {
             details.extend(vocab.flavors.choose_multiple(&mut rng, 3).cloned());
             Output {
                 prompt: p.clone(),
-                refined: syntax::append_details(p, &details),
+                refined: syntax::append_details(p, Dialect::default(), &details),
                 details,
             }
         })
@@ -333,6 +333,7 @@ fn run_model(
                 prompt: p.clone(),
                 seed: Some(opts.seed + (c * opts.batch + i) as u64),
                 system: None,
+                dialect: Default::default(),
             })
             .collect();
         let t = Instant::now();
@@ -352,7 +353,7 @@ fn run_model(
 }
 
 fn protected(prompt: &str) -> Vec<String> {
-    let parsed = syntax::parse(prompt);
+    let parsed = syntax::parse(prompt, Dialect::default());
     parsed
         .spans()
         .iter()
@@ -376,7 +377,7 @@ fn score(
     let (mut bigrams, mut distinct) = (0usize, HashSet::new());
     let mut per_prompt = Vec::with_capacity(outs.len());
     for o in outs {
-        let ip = syntax::insertion_point(&o.prompt);
+        let ip = syntax::insertion_point(&o.prompt, Dialect::default());
         if o.refined.starts_with(&o.prompt[..ip]) && o.refined.ends_with(&o.prompt[ip..]) {
             kept += 1;
         }
@@ -412,11 +413,11 @@ fn score(
     for (c, chunk) in outs.chunks(64).enumerate() {
         let a: Vec<String> = chunk
             .iter()
-            .map(|o| syntax::parse(&o.prompt).free_text())
+            .map(|o| syntax::parse(&o.prompt, Dialect::default()).free_text())
             .collect();
         let b: Vec<String> = chunk
             .iter()
-            .map(|o| syntax::parse(&o.refined).free_text())
+            .map(|o| syntax::parse(&o.refined, Dialect::default()).free_text())
             .collect();
         let ea = minilm.sentence_embeddings(&a.iter().map(String::as_str).collect::<Vec<_>>())?;
         let eb = minilm.sentence_embeddings(&b.iter().map(String::as_str).collect::<Vec<_>>())?;

@@ -5,7 +5,7 @@
 //! may reach the refined prompt.
 
 use super::lexer::is_word;
-use super::{append_details, parse, SpanKind};
+use super::{append_details, parse, Dialect, SpanKind};
 
 /// Content tokens in one CLIP chunk: the text encoder takes 77 positions,
 /// two of which are BOS and EOS.
@@ -99,6 +99,9 @@ pub struct Hygiene {
     /// Content tokens allowed in the prompt's last chunk (BOS/EOS excluded);
     /// [`CLIP_CHUNK_TOKENS`] by default.
     pub budget: usize,
+    /// Who reads the prompt: decides which phrases of the prompt count as already
+    /// present and what a comment is.
+    pub dialect: Dialect,
 }
 
 impl Default for Hygiene {
@@ -106,6 +109,7 @@ impl Default for Hygiene {
         Hygiene {
             banned_words: Vec::new(),
             budget: CLIP_CHUNK_TOKENS,
+            dialect: Dialect::default(),
         }
     }
 }
@@ -144,7 +148,7 @@ impl Hygiene {
             .map(|w| words(w))
             .filter(|w| !w.is_empty())
             .collect();
-        let mut seen: Vec<PhraseKey> = parse(user_prompt)
+        let mut seen: Vec<PhraseKey> = parse(user_prompt, self.dialect)
             .free_text()
             .split(',')
             .map(PhraseKey::new)
@@ -161,7 +165,8 @@ impl Hygiene {
                 continue;
             }
             out.push(phrase);
-            if last_chunk_cost(&append_details(user_prompt, &out), counter) > self.budget {
+            let grown = append_details(user_prompt, self.dialect, &out);
+            if last_chunk_cost(&grown, self.dialect, counter) > self.budget {
                 out.pop();
                 break;
             }
@@ -177,8 +182,8 @@ impl Hygiene {
 /// encodes, so they take no tokens. Other syntax (brackets, emphasis
 /// weights) is counted although the encoder drops it: a small overestimate
 /// in the safe direction.
-pub fn last_chunk_cost(prompt: &str, counter: &dyn TokenCounter) -> usize {
-    let parsed = parse(prompt);
+pub fn last_chunk_cost(prompt: &str, dialect: Dialect, counter: &dyn TokenCounter) -> usize {
+    let parsed = parse(prompt, dialect);
     let start = parsed.last_chunk_start();
     let mut chunk = String::new();
     for span in parsed.spans().iter().filter(|s| s.range.start >= start) {
@@ -413,7 +418,13 @@ mod unit {
     #[test]
     fn networks_and_comments_are_free() {
         let c = ClipTokenEstimate;
-        assert_eq!(last_chunk_cost("a cat <lora:very_long_name:0.8>", &c), 2);
-        assert_eq!(last_chunk_cost("a cat\n# a long comment here", &c), 2);
+        assert_eq!(
+            last_chunk_cost("a cat <lora:very_long_name:0.8>", Dialect::A1111, &c),
+            2
+        );
+        assert_eq!(
+            last_chunk_cost("a cat\n# a long comment here", Dialect::A1111, &c),
+            2
+        );
     }
 }

@@ -5,6 +5,8 @@
 //! matching partner, so brackets stay as open/close lexemes and the parser
 //! decides what their contents are.
 
+use super::Dialect;
+
 /// Bracket families whose contents get structure from the parser.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Bracket {
@@ -51,20 +53,29 @@ pub(super) fn is_word(c: char) -> bool {
     c.is_alphanumeric() || c == '_'
 }
 
-/// Splits `src` into lexemes that tile it exactly, in order.
-pub(super) fn lex(src: &str) -> Vec<Lexeme> {
+/// Splits `src`, as read by `dialect`, into lexemes that tile it exactly, in order.
+pub(super) fn lex(src: &str, dialect: Dialect) -> Vec<Lexeme> {
     let mut out: Vec<Lexeme> = Vec::new();
     let mut i = 0;
-    // A1111 strips comments before any other parsing, so `#` only needs to be
-    // the first non-blank character of its line, whatever brackets surround it.
-    let mut line_start = true;
+    // A1111 strips comments before any other parsing (`#[^\n]*`), so a `#` anywhere,
+    // whatever brackets, networks or escapes surround it, hides the rest of its line.
+    let comments = dialect.hash_comments();
+    let mut next_hash = src.find('#');
     let mut prev: Option<char> = None;
     while let Some(rest) = src.get(i..) {
         let Some(c) = rest.chars().next() else { break };
+        // No construct reaches past a comment's `#`: A1111 removes the comment first.
+        if next_hash.is_some_and(|h| h <= i) {
+            next_hash = src[i + 1..].find('#').map(|h| h + i + 1);
+        }
+        let rest = match next_hash {
+            Some(h) if comments && c != '#' => &src[i..h],
+            _ => rest,
+        };
         let at_boundary = prev.is_none_or(|p| !is_word(p));
         let one = c.len_utf8();
         let (kind, len) = match c {
-            '#' if line_start => (Lex::Comment, rest.find('\n').unwrap_or(rest.len())),
+            '#' if comments => (Lex::Comment, rest.find('\n').unwrap_or(rest.len())),
             '\\' => match rest[one..].chars().next() {
                 Some(n) if ESCAPABLE.contains(&n) => (Lex::Escape, one + n.len_utf8()),
                 _ => (Lex::Text, one),
@@ -91,15 +102,6 @@ pub(super) fn lex(src: &str) -> Vec<Lexeme> {
         // char boundary and the loop always advances.
         let len = len.max(one);
         push(&mut out, kind, i, i + len);
-        if len == one {
-            if c == '\n' {
-                line_start = true;
-            } else if !c.is_whitespace() {
-                line_start = false;
-            }
-        } else {
-            line_start = false;
-        }
         prev = rest[..len].chars().next_back();
         i += len;
     }

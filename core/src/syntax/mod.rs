@@ -21,6 +21,69 @@ pub use parse::parse;
 
 use std::ops::Range;
 
+use serde::{Deserialize, Serialize};
+
+/// Which program reads the prompt, and so which syntax it strips before rendering.
+///
+/// Most prompt syntax means the same to every reader and is protected the same way;
+/// comments do not: AUTOMATIC1111 1.8+ and Forge strip everything from a `#` anywhere in
+/// a line to the end of that line (`modules/processing_scripts/comments.py`), while
+/// ComfyUI and plain HTTP servers render a `#` as text. Details must land where the
+/// reader keeps them, so the dialect decides both what the model sees and where details
+/// are inserted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dialect {
+    /// AUTOMATIC1111 / Forge: `#` starts a comment anywhere in a line. The default of
+    /// `prip refine` and the C ABI, since its syntax is the superset users type.
+    #[default]
+    A1111,
+    /// ComfyUI: no comments; `#` is text.
+    #[serde(rename = "comfyui")]
+    ComfyUi,
+    /// A server that renders the prompt as plain text (diffusers, OpenAI images):
+    /// no comments; `#` is text.
+    Plain,
+}
+
+impl Dialect {
+    /// The name used in JSON, configs and flags: `a1111`, `comfyui`, `plain`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dialect::A1111 => "a1111",
+            Dialect::ComfyUi => "comfyui",
+            Dialect::Plain => "plain",
+        }
+    }
+
+    /// Whether `#` starts a comment that runs to the end of its line.
+    pub(crate) fn hash_comments(self) -> bool {
+        self == Dialect::A1111
+    }
+}
+
+impl std::fmt::Display for Dialect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Dialect {
+    type Err = String;
+
+    /// Reads the names [`Dialect::as_str`] writes.
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        match name.trim() {
+            "a1111" => Ok(Dialect::A1111),
+            "comfyui" => Ok(Dialect::ComfyUi),
+            "plain" => Ok(Dialect::Plain),
+            other => Err(format!(
+                "unknown prompt dialect {other:?} (expected a1111, comfyui or plain)"
+            )),
+        }
+    }
+}
+
 /// What a span of the prompt is, from the model's point of view.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum SpanKind {
@@ -38,7 +101,8 @@ pub enum SpanKind {
     /// (`:1.2` in `a cat AND a dog :1.2`). Separate from
     /// [`SpanKind::Protected`] because details must be inserted before it.
     ChunkWeight,
-    /// A `#` comment line, up to but excluding its newline.
+    /// A comment of the prompt's [`Dialect`] (A1111: from `#` to the end of its line,
+    /// excluding the newline).
     Comment,
     /// `BREAK` or `AND`.
     Keyword,
@@ -71,6 +135,7 @@ impl Span {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Parsed<'a> {
     source: &'a str,
+    dialect: Dialect,
     spans: Vec<Span>,
 }
 
@@ -78,6 +143,11 @@ impl<'a> Parsed<'a> {
     /// The prompt that was parsed.
     pub fn source(&self) -> &'a str {
         self.source
+    }
+
+    /// The dialect the source was parsed as.
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
     }
 
     /// Spans covering the source completely, in order, without gaps.
@@ -108,7 +178,9 @@ impl<'a> Parsed<'a> {
     /// tokenizes each attention segment separately: `a(red)fox` is three
     /// words to CLIP, not one. Whitespace runs collapse to one space, spaces
     /// before commas and empty comma items left behind by removed syntax
-    /// (`cat, <lora:x:1>, dog`) are dropped, and the result is trimmed.
+    /// (`cat, <lora:x:1>, dog`) are dropped, and the result is trimmed of blanks and of
+    /// leading and trailing commas: the decoder appends exactly one separator itself,
+    /// and a prompt ending in `, <lora:x:1>` must not end in two.
     pub fn free_text(&self) -> String {
         let mut out = String::with_capacity(self.source.len());
         let mut pending_space = false;
@@ -133,6 +205,9 @@ impl<'a> Parsed<'a> {
                     out.push(c);
                 }
             }
+        }
+        while out.ends_with([',', ' ']) {
+            out.pop();
         }
         out
     }

@@ -7,14 +7,14 @@
 //! are visited does not matter and nesting needs no recursion.
 
 use super::lexer::{lex, Bracket, Lex, Lexeme};
-use super::{Parsed, Span, SpanKind};
+use super::{Dialect, Parsed, Span, SpanKind};
 
-/// Tokenises `prompt` into spans that tile it exactly, in order.
+/// Tokenises `prompt`, as read by `dialect`, into spans that tile it exactly, in order.
 ///
 /// Never fails: malformed syntax (stray brackets, unterminated networks)
 /// degrades to protected single characters or plain text.
-pub fn parse(prompt: &str) -> Parsed<'_> {
-    let lexemes = lex(prompt);
+pub fn parse(prompt: &str, dialect: Dialect) -> Parsed<'_> {
+    let lexemes = lex(prompt, dialect);
     let mut roles = Roles::new(prompt, &lexemes);
     for (open, lexeme) in lexemes.iter().enumerate() {
         if let (Lex::Open(kind), Some(close)) = (lexeme.kind, roles.partner[open]) {
@@ -28,6 +28,7 @@ pub fn parse(prompt: &str) -> Parsed<'_> {
     roles.chunk_weights();
     Parsed {
         source: prompt,
+        dialect,
         spans: roles.into_spans(),
     }
 }

@@ -4,6 +4,11 @@ use super::hygiene::{last_chunk_cost, PhraseKey};
 use super::*;
 use proptest::prelude::*;
 
+/// The A1111 reading every case here was written for.
+fn parse(src: &str) -> Parsed<'_> {
+    super::parse(src, Dialect::A1111)
+}
+
 /// Spans as `(code, text)`: T text, A alternative, P protected,
 /// W chunk weight, C comment, K keyword.
 fn spans(src: &str) -> Vec<(char, &str)> {
@@ -161,18 +166,74 @@ fn keywords_only_uppercase_whole_words() {
 
 #[test]
 fn comments() {
-    let src = "a cat\n  # note (x) <lora:y:1>\nred # not a comment";
+    // A1111 1.8+ and Forge strip `#[^\n]*` wherever it starts, brackets and all.
+    let src = "a cat\n  # note (x) <lora:y:1>\nred # a comment too";
     assert_eq!(
         spans(src),
         [
             ('T', "a cat\n  "),
             ('C', "# note (x) <lora:y:1>"),
-            ('T', "\nred # not a comment"),
+            ('T', "\nred "),
+            ('C', "# a comment too"),
         ]
     );
-    assert_eq!(free(src), "a cat red # not a comment");
+    assert_eq!(free(src), "a cat red");
     assert_eq!(spans("#only"), [('C', "#only")]);
     assert_eq!(free("#only"), "");
+    assert_eq!(
+        spans("a (red# x\n:1.2) <lora:a#b:1>"),
+        [
+            ('T', "a "),
+            ('P', "("),
+            ('T', "red"),
+            ('C', "# x"),
+            ('T', "\n"),
+            ('P', ":"),
+            ('P', "1.2"),
+            ('P', ")"),
+            ('T', " "),
+            // What A1111 reads after stripping the comment: an unterminated network.
+            ('P', "<"),
+            ('T', "lora:a"),
+            ('C', "#b:1>"),
+        ]
+    );
+}
+
+#[test]
+fn comfyui_and_plain_read_hash_as_text() {
+    for dialect in [Dialect::ComfyUi, Dialect::Plain] {
+        let src = "a t-shirt that says \"#python\"\n# and a cap";
+        let parsed = super::parse(src, dialect);
+        assert!(parsed.spans().iter().all(|s| s.kind != SpanKind::Comment));
+        assert_eq!(
+            parsed.free_text(),
+            "a t-shirt that says \"#python\" # and a cap"
+        );
+    }
+    assert_eq!(
+        free("a t-shirt that says \"#python\" in black"),
+        "a t-shirt that says \""
+    );
+}
+
+#[test]
+fn free_text_ends_in_no_separator_whatever_syntax_was_hidden() {
+    // The decoder appends one separator itself; these endings gave it two and it stopped.
+    for (src, want) in [
+        ("a (red:1.2) fox, embedding:foo", "a red fox"),
+        ("a lighthouse at dusk, <lora:x:1>", "a lighthouse at dusk"),
+        (
+            "a knight in a misty forest <lora:detail_tweaker:0.6>,<lyco:film_grain:0.4> <hypernet:sketchy:0.3>",
+            "a knight in a misty forest",
+        ),
+        ("a cat, __animals__ ,", "a cat"),
+        ("a cat,, {a|b}, [x:y:0.5],", "a cat, a, x"),
+        ("a cat # x, y,", "a cat"),
+        (", , <lora:x:1>", ""),
+    ] {
+        assert_eq!(free(src), want, "{src:?}");
+    }
 }
 
 #[test]
@@ -354,7 +415,7 @@ fn non_ascii() {
 
 #[test]
 fn free_text_whitespace_and_commas() {
-    assert_eq!(free("  a\n\n b ,c ,, d,  "), "a b,c, d,");
+    assert_eq!(free("  a\n\n b ,c ,, d,  "), "a b,c, d");
     assert_eq!(free(", , a"), "a");
     assert_eq!(free("a(red)fox"), "a red fox");
 }
@@ -454,7 +515,7 @@ proptest! {
         prop_assert!(!text.contains("  "));
         prop_assert!(!text.contains(" ,"));
         prop_assert!(!text.starts_with([' ', ',']));
-        prop_assert!(!text.ends_with(' '));
+        prop_assert!(!text.ends_with([' ', ',']));
     }
 
     #[test]
@@ -470,8 +531,8 @@ proptest! {
         src in any_prompt(),
         details in prop::collection::vec(prop_oneof!["[a-z ]{0,8}", any::<String>()], 0..4),
     ) {
-        let out = append_details(&src, &details);
-        let at = insertion_point(&src);
+        let out = append_details(&src, Dialect::A1111, &details);
+        let at = insertion_point(&src, Dialect::A1111);
         prop_assert!(src.is_char_boundary(at));
         let (head, tail) = src.split_at(at);
         prop_assert!(out.starts_with(head));
@@ -500,7 +561,7 @@ proptest! {
         raw in prop_oneof![any::<String>(), syntaxy(), constructs()],
         budget in 0usize..100,
     ) {
-        let hygiene = Hygiene { banned_words: vec!["cat".into()], budget };
+        let hygiene = Hygiene { banned_words: vec!["cat".into()], budget, ..Hygiene::default() };
         let got = hygiene.clean_details(&user, &raw, &ClipTokenEstimate);
         let user_keys: Vec<PhraseKey> =
             free(&user).split(',').map(PhraseKey::new).collect();
@@ -520,7 +581,7 @@ proptest! {
             }
         }
         if !got.is_empty() {
-            let cost = last_chunk_cost(&append_details(&user, &got), &ClipTokenEstimate);
+            let cost = last_chunk_cost(&append_details(&user, Dialect::A1111, &got), Dialect::A1111, &ClipTokenEstimate);
             prop_assert!(cost <= budget);
         }
     }
