@@ -30,6 +30,19 @@ mod convert {
                 })
                 .collect(),
             annotates: i.annotates,
+            dialect: match i.dialect {
+                native::Dialect::A1111 => wit::Dialect::A1111,
+                native::Dialect::ComfyUi => wit::Dialect::Comfyui,
+                native::Dialect::Plain => wit::Dialect::Plain,
+            },
+        }
+    }
+
+    pub fn extraction(e: native::Extraction) -> wit::Extraction {
+        wit::Extraction {
+            slots: e.slots.into_iter().map(slot).collect(),
+            seed: e.seed,
+            refined: e.refined,
         }
     }
 
@@ -87,9 +100,9 @@ macro_rules! export_protocol {
                 convert::info(prip_protocols::Protocol::describe(&$protocol))
             }
 
-            fn extract(req: wit::Request) -> Result<Vec<wit::Slot>, String> {
+            fn extract(req: wit::Request) -> Result<wit::Extraction, String> {
                 prip_protocols::Protocol::extract(&$protocol, &convert::request(req))
-                    .map(|s| s.into_iter().map(convert::slot).collect())
+                    .map(convert::extraction)
             }
 
             fn apply(

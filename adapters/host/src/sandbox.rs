@@ -308,19 +308,21 @@ impl AdapterHost {
             .collect())
     }
 
-    /// `extract` of adapter `idx`. Slot ids must be unique and non-empty.
+    /// `extract` of adapter `idx`: the slots, the request's seed and whether a PRIP
+    /// layer already refined it. Slot ids must be unique and non-empty.
     pub fn extract(
         &self,
         idx: usize,
         req: &native::Request,
-    ) -> Result<Vec<native::Slot>, CallError> {
+    ) -> Result<native::Extraction, CallError> {
         let a = &self.adapters[idx];
         let req = wit_request(req);
-        let slots = self
+        let found = self
             .run(&a.pre, &a.info.name, |x, s| x.call_extract(s, &req))?
             .map_err(|m| refused(&a.info.name, m))?;
         let mut ids = std::collections::BTreeSet::new();
-        if let Some(bad) = slots
+        if let Some(bad) = found
+            .slots
             .iter()
             .find(|s| s.id.is_empty() || !ids.insert(s.id.as_str()))
         {
@@ -330,7 +332,11 @@ impl AdapterHost {
                 message: format!("slot id {:?} is empty or repeated", bad.id),
             });
         }
-        Ok(slots.into_iter().map(native_slot).collect())
+        Ok(native::Extraction {
+            slots: found.slots.into_iter().map(native_slot).collect(),
+            seed: found.seed,
+            refined: found.refined,
+        })
     }
 
     /// `apply` of adapter `idx`. A JSON body must stay JSON.
@@ -481,6 +487,11 @@ fn native_info(i: wit::Info) -> native::Info {
             })
             .collect(),
         annotates: i.annotates,
+        dialect: match i.dialect {
+            wit::Dialect::A1111 => native::Dialect::A1111,
+            wit::Dialect::Comfyui => native::Dialect::ComfyUi,
+            wit::Dialect::Plain => native::Dialect::Plain,
+        },
     }
 }
 

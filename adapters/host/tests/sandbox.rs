@@ -37,6 +37,28 @@ fn every_case_gives_the_native_outcome_through_wasm() {
 }
 
 #[test]
+fn a_body_the_component_refined_reads_as_refined_through_it() {
+    let host = AdapterHost::with_builtin(Limits::default()).unwrap();
+    let comfy = host.find("comfyui").unwrap();
+    let req = Request::post(
+        "/prompt",
+        serde_json::to_vec(&cases::comfyui_flux_zero_out()).unwrap(),
+    );
+    let first = host.extract(comfy, &req).unwrap();
+    assert_eq!(first.seed, Some(7));
+    assert!(!first.refined);
+    let reps = cases::refine_positive(&first.slots);
+    assert_eq!(reps.len(), 1, "the Flux positive is refined");
+    let body = host.apply(comfy, &req, &reps).unwrap();
+    let again = host.extract(comfy, &Request { body, ..req }).unwrap();
+    assert!(again.refined);
+    assert_eq!(
+        host.adapters()[comfy].info.dialect,
+        prip_protocols::Dialect::ComfyUi
+    );
+}
+
+#[test]
 fn builtin_adapters_describe_themselves_like_the_native_code() {
     let host = AdapterHost::with_builtin(Limits::default()).unwrap();
     let wasm: Vec<_> = host.adapters().iter().map(|a| a.info.clone()).collect();
@@ -93,13 +115,16 @@ fn misbehaving_adapters_fail_their_call_only() {
     let ok = host
         .extract(idx, &Request::post("/faulty", r#"{"prompt": "a cat"}"#))
         .unwrap();
-    assert_eq!(ok[0].text, "a cat");
+    assert_eq!(ok.slots[0].text, "a cat");
     let comfy = host.find("comfyui").unwrap();
     let req = Request::post(
         "/prompt",
         serde_json::to_vec(&cases::fixture("comfyui/prompt_request_txt2img_api.json")).unwrap(),
     );
-    assert_eq!(host.extract(comfy, &req).unwrap().len(), 2);
+    let found = host.extract(comfy, &req).unwrap();
+    assert_eq!(found.slots.len(), 2);
+    assert_eq!(found.seed, Some(1));
+    assert!(!found.refined);
 }
 
 #[test]

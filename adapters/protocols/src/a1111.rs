@@ -5,13 +5,31 @@
 //! a PNG), so a prompt may live only there: then it is read from the infotext and the
 //! refined text is written as an explicit field, which the server prefers to the
 //! infotext. Styles are applied by the server to the (refined) prompt, so what it
-//! renders and stores in the image is the refined prompt with the styles; scripts
-//! (`alwayson_scripts`, `script_args`) are never touched.
+//! renders and stores in the image is the refined prompt with the styles. Scripts
+//! (`alwayson_scripts`, `script_args`) are left alone, but for PRIP's own extension.
+//!
+//! The seed is the request's `seed` unless it is `-1` (random). A refined body is
+//! marked for the PRIP extension ([`EXTENSION`]) when the request names it in
+//! `alwayson_scripts`: its `enabled` argument is set to `false`, so the extension does
+//! not refine the proxy's output again, and the entry gets `"prip_refined": true`,
+//! which `extract` reports as refined (A1111 reads only `args` of a script entry).
+//! A request that does not name the extension is not given an entry: the server
+//! answers 422 "always on script ... not found" for a script it does not have, and the
+//! extension, run with its UI defaults, is off unless the user turned it on there.
 
 use serde_json::{Map, Value};
 
 use crate::fields::{self, Field};
-use crate::{json, Info, Polarity, Protocol, Replacement, Request, Route, Slot};
+use crate::{json, Extraction, Info, Polarity, Protocol, Replacement, Request, Route};
+
+/// The title of PRIP's A1111 extension (`adapters/a1111/scripts/prip_refiner.py`),
+/// its key in `alwayson_scripts`; the server matches the key without regard to case.
+/// Its positional arguments are `[enabled, system, max_new_tokens, creativity, seed,
+/// hires]`.
+pub const EXTENSION: &str = "prip prompt refiner";
+
+/// The key in the extension's `alwayson_scripts` entry that marks a refined body.
+pub const REFINED_KEY: &str = "prip_refined";
 
 const FIELDS: [Field; 4] = [
     Field::new("prompt", Polarity::Positive, "main"),
@@ -33,10 +51,11 @@ impl Protocol for A1111 {
                 Route::post("/sdapi/v1/img2img"),
             ],
             annotates: false,
+            dialect: crate::Dialect::A1111,
         }
     }
 
-    fn extract(&self, req: &Request) -> Result<Vec<Slot>, String> {
+    fn extract(&self, req: &Request) -> Result<Extraction, String> {
         let map = json::object(&req.body)?;
         let mut slots = fields::extract(&map, &FIELDS);
         if let Some(info) = json::text(&map, "infotext") {
@@ -58,13 +77,72 @@ impl Protocol for A1111 {
             }
             slots.sort_by_key(|s| FIELDS.iter().position(|f| f.key == s.id));
         }
-        Ok(slots)
+        let refined = extension_entry(&map)
+            .and_then(|e| e.get(REFINED_KEY))
+            .and_then(Value::as_bool)
+            == Some(true);
+        Ok(Extraction {
+            slots,
+            seed: json::seed(map.get("seed")),
+            refined,
+        })
     }
 
     fn apply(&self, req: &Request, replacements: &[Replacement]) -> Result<Vec<u8>, String> {
-        let map: Map<String, Value> = json::object(&req.body)?;
+        let mut map: Map<String, Value> = json::object(&req.body)?;
+        mark_refined(&mut map)?;
         fields::apply(map, replacements, &FIELDS)
     }
+}
+
+/// The key under which `alwayson_scripts` names the PRIP extension, if it does.
+fn extension_key(scripts: &Map<String, Value>) -> Option<String> {
+    scripts
+        .keys()
+        .find(|k| k.to_lowercase() == EXTENSION)
+        .cloned()
+}
+
+/// The PRIP extension's `alwayson_scripts` entry.
+fn extension_entry(map: &Map<String, Value>) -> Option<&Map<String, Value>> {
+    let scripts = map.get("alwayson_scripts")?.as_object()?;
+    scripts.get(&extension_key(scripts)?)?.as_object()
+}
+
+/// Turns the PRIP extension off for this request and marks it refined, when the
+/// request names the extension (see the module notes for why only then).
+fn mark_refined(map: &mut Map<String, Value>) -> Result<(), String> {
+    let Some(Value::Object(scripts)) = map.get_mut("alwayson_scripts") else {
+        return Ok(());
+    };
+    let Some(key) = extension_key(scripts) else {
+        return Ok(());
+    };
+    let entry = match scripts.get_mut(&key) {
+        Some(Value::Object(entry)) => entry,
+        Some(other) => {
+            return Err(format!(
+                "alwayson_scripts[{key:?}] is {}, not an object",
+                json::kind(other)
+            ))
+        }
+        None => return Ok(()),
+    };
+    match entry.get_mut("args") {
+        Some(Value::Array(args)) if args.is_empty() => args.push(Value::Bool(false)),
+        Some(Value::Array(args)) => args[0] = Value::Bool(false),
+        Some(Value::Null) | None => {
+            entry.insert("args".into(), Value::Array(vec![Value::Bool(false)]));
+        }
+        Some(other) => {
+            return Err(format!(
+                "alwayson_scripts[{key:?}].args is {}, not a list",
+                json::kind(other)
+            ))
+        }
+    }
+    entry.insert(REFINED_KEY.into(), Value::Bool(true));
+    Ok(())
 }
 
 /// The parts of an A1111 infotext that hold prompts, parsed as the server's

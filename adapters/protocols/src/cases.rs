@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
-use crate::{Polarity, Replacement, Request, Response, Slot};
+use crate::{Extraction, Polarity, Replacement, Request, Response, Slot};
 
 /// Where the recorded fixtures are: `$PRIP_FIXTURES`, else `shared/fixtures` beside the
 /// repository.
@@ -92,6 +92,29 @@ pub fn comfyui_flux_guider() -> Value {
     }})
 }
 
+/// The Flux dev template's shape: the negative is `ConditioningZeroOut` of the
+/// positive's conditioning, so the positive text reaches the sampler from both sides.
+pub fn comfyui_flux_zero_out() -> Value {
+    json!({"prompt": {
+        "30": {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": ["6", 0]}},
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red bicycle leaning on a wall", "clip": ["4", 1]}},
+        "3": {"class_type": "KSampler",
+              "inputs": {"positive": ["6", 0], "negative": ["30", 0], "model": ["4", 0], "seed": 7,
+                         "steps": 20, "cfg": 1, "sampler_name": "euler", "scheduler": "simple",
+                         "denoise": 1, "latent_image": ["5", 0]}},
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "flux1-dev.safetensors"}}
+    }})
+}
+
+/// An A1111 request naming PRIP's own extension, on, with a fixed seed.
+pub fn a1111_with_extension() -> Value {
+    let mut req = a1111_txt2img();
+    req["seed"] = json!(1234);
+    req["alwayson_scripts"][crate::a1111::EXTENSION] =
+        json!({"args": [true, "", 40, 0.7, -1, true]});
+    req
+}
+
 /// ControlNet between the text nodes and the sampler, and a combined positive.
 pub fn comfyui_controlnet() -> Value {
     json!({"prompt": {
@@ -148,6 +171,12 @@ pub fn all() -> Vec<Case> {
     ));
     cases.push(case(
         "a1111",
+        "the PRIP extension named",
+        "/sdapi/v1/txt2img",
+        body(&a1111_with_extension()),
+    ));
+    cases.push(case(
+        "a1111",
         "prompt only in the infotext",
         "/sdapi/v1/txt2img",
         body(&json!({"infotext": infotext, "steps": 2})),
@@ -183,6 +212,12 @@ pub fn all() -> Vec<Case> {
         "flux guider and primitive string",
         "/prompt",
         body(&comfyui_flux_guider()),
+    ));
+    cases.push(case(
+        "comfyui",
+        "flux negative zeroed out of the positive",
+        "/prompt",
+        body(&comfyui_flux_zero_out()),
     ));
     cases.push(case(
         "comfyui",
@@ -263,7 +298,7 @@ pub fn refine_positive(slots: &[Slot]) -> Vec<Replacement> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome {
     /// `extract`'s answer.
-    pub slots: Result<Vec<Slot>, String>,
+    pub extraction: Result<Extraction, String>,
     /// `apply`'s answer with [`refine_positive`]'s replacements, when extract worked.
     pub body: Option<Result<Vec<u8>, String>>,
     /// `annotate`'s answer, when the case has a response.
@@ -273,22 +308,22 @@ pub struct Outcome {
 /// Runs a case through an adapter given as its three calls.
 pub fn outcome(
     case: &Case,
-    mut extract: impl FnMut(&Request) -> Result<Vec<Slot>, String>,
+    mut extract: impl FnMut(&Request) -> Result<Extraction, String>,
     mut apply: impl FnMut(&Request, &[Replacement]) -> Result<Vec<u8>, String>,
     mut annotate: impl FnMut(&Request, &[Replacement], &Response) -> Result<Option<Vec<u8>>, String>,
 ) -> Outcome {
-    let slots = extract(&case.request);
-    let reps = slots
+    let extraction = extract(&case.request);
+    let reps = extraction
         .as_ref()
-        .map(|s| refine_positive(s))
+        .map(|e| refine_positive(&e.slots))
         .unwrap_or_default();
-    let body = slots.is_ok().then(|| apply(&case.request, &reps));
+    let body = extraction.is_ok().then(|| apply(&case.request, &reps));
     let annotated = case
         .response
         .as_ref()
         .map(|resp| annotate(&case.request, &reps, resp));
     Outcome {
-        slots,
+        extraction,
         body,
         annotated,
     }
@@ -346,20 +381,21 @@ impl crate::Protocol for Faulty {
             version: crate::VERSION.into(),
             routes: vec![crate::Route::post("/faulty")],
             annotates: false,
+            dialect: crate::Dialect::Plain,
         }
     }
 
-    fn extract(&self, req: &Request) -> Result<Vec<Slot>, String> {
+    fn extract(&self, req: &Request) -> Result<Extraction, String> {
         if let Some(garbage) = Faulty::misbehave(req) {
             // Two slots with one id: nothing a well-formed adapter returns.
             let text = String::from_utf8_lossy(&garbage).into_owned();
             let slot = FAULTY_FIELDS[0].slot(&text);
-            return Ok(vec![slot.clone(), slot]);
+            return Ok(Extraction {
+                slots: vec![slot.clone(), slot],
+                ..Extraction::default()
+            });
         }
-        Ok(crate::fields::extract(
-            &crate::json::object(&req.body)?,
-            &FAULTY_FIELDS,
-        ))
+        crate::fields::extraction(&crate::json::object(&req.body)?, &FAULTY_FIELDS)
     }
 
     fn apply(&self, req: &Request, replacements: &[Replacement]) -> Result<Vec<u8>, String> {

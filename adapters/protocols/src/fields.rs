@@ -2,7 +2,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::{json, Polarity, Replacement, Slot};
+use crate::{json, Extraction, Polarity, Replacement, Slot};
 
 /// One top-level prompt field.
 pub(crate) struct Field {
@@ -37,6 +37,16 @@ pub(crate) fn extract(map: &Map<String, Value>, fields: &[Field]) -> Vec<Slot> {
         .iter()
         .filter_map(|f| json::text(map, f.key).map(|t| f.slot(t)))
         .collect()
+}
+
+/// The slots of `fields` and the numeric top-level `seed`; such a body carries no
+/// refined marker.
+pub(crate) fn extraction(map: &Map<String, Value>, fields: &[Field]) -> Result<Extraction, String> {
+    Ok(Extraction {
+        slots: extract(map, fields),
+        seed: json::seed(map.get("seed")),
+        refined: false,
+    })
 }
 
 /// Writes each replacement into its field; ids must name one of `fields`.

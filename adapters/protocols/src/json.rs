@@ -44,6 +44,20 @@ pub(crate) fn replace_text(
     }
 }
 
+/// A seed the request fixes: a non-negative whole number (`-1`, the servers' "random",
+/// and anything that is not a number give `None`).
+pub(crate) fn seed(v: Option<&Value>) -> Option<u64> {
+    let n = match v? {
+        Value::Number(n) => n,
+        _ => return None,
+    };
+    n.as_u64().or_else(|| {
+        n.as_f64()
+            .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < 9_007_199_254_740_992.0)
+            .map(|f| f as u64)
+    })
+}
+
 pub(crate) fn kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",

@@ -7,6 +7,10 @@
 //! components that `prip serve` loads (the `prip-guest` crate).
 //!
 //! Nothing here does I/O or keeps state: an adapter is a pure function of the request.
+//!
+//! `apply` marks the body it writes (where the server has room for a mark), so that
+//! `extract` on that body reports it as [`Extraction::refined`] and no PRIP layer (the
+//! proxy, ComfyUI's in-server auto mode, the A1111 extension) refines a request twice.
 
 pub mod a1111;
 #[doc(hidden)]
@@ -46,7 +50,58 @@ pub struct Info {
     pub routes: Vec<Route>,
     /// Whether [`Protocol::annotate`] wants to see the answers.
     pub annotates: bool,
+    /// How the server reads a prompt's text.
+    pub dialect: Dialect,
 }
+
+/// The prompt syntax a server reads, which decides what a refined prompt may contain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Dialect {
+    /// AUTOMATIC1111 / Forge: `#` starts a comment that runs to the end of its line
+    /// (also mid-line); attention `(word:1.2)`, `<lora:...>`, `BREAK`.
+    A1111,
+    /// ComfyUI: no comments; attention `(word:1.2)`, `embedding:name`.
+    ComfyUi,
+    /// Plain text, read as written.
+    Plain,
+}
+
+impl Dialect {
+    /// The lower-case name used in the WIT contract, configs and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dialect::A1111 => "a1111",
+            Dialect::ComfyUi => "comfyui",
+            Dialect::Plain => "plain",
+        }
+    }
+}
+
+impl std::str::FromStr for Dialect {
+    type Err = UnknownDialect;
+
+    /// Reads the names [`Dialect::as_str`] writes, ignoring surrounding blanks.
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        match name.trim() {
+            "a1111" => Ok(Dialect::A1111),
+            "comfyui" => Ok(Dialect::ComfyUi),
+            "plain" => Ok(Dialect::Plain),
+            other => Err(UnknownDialect(other.to_string())),
+        }
+    }
+}
+
+/// A dialect name that is none of `a1111`, `comfyui` or `plain`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownDialect(pub String);
+
+impl std::fmt::Display for UnknownDialect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?} is not a1111, comfyui or plain", self.0)
+    }
+}
+
+impl std::error::Error for UnknownDialect {}
 
 /// Whether a prompt asks for something or against it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -111,6 +166,18 @@ pub struct Slot {
     pub encoder: Option<String>,
 }
 
+/// What [`Protocol::extract`] found in a request.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Extraction {
+    /// The prompt slots, in the request's order.
+    pub slots: Vec<Slot>,
+    /// The image seed the request fixes; `None` when the server picks one at random.
+    pub seed: Option<u64>,
+    /// A PRIP layer already refined this request (its `apply` marked the body): the
+    /// proxy then forwards it untouched.
+    pub refined: bool,
+}
+
 /// An HTTP request with its body buffered.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Request {
@@ -164,11 +231,13 @@ pub struct Response {
 /// One server protocol. Errors are one-line messages; the proxy logs them and forwards
 /// the original request.
 pub trait Protocol: Send + Sync {
-    /// Name, version, routes.
+    /// Name, version, routes, dialect.
     fn describe(&self) -> Info;
-    /// The prompt slots of a request on one of the routes.
-    fn extract(&self, req: &Request) -> Result<Vec<Slot>, String>;
-    /// The body with the replacements applied.
+    /// The prompt slots of a request on one of the routes, the seed it fixes and
+    /// whether a PRIP layer already refined it.
+    fn extract(&self, req: &Request) -> Result<Extraction, String>;
+    /// The body with the replacements applied, marked as refined where the protocol
+    /// has a marker (then [`Protocol::extract`] on it reports [`Extraction::refined`]).
     fn apply(&self, req: &Request, replacements: &[Replacement]) -> Result<Vec<u8>, String>;
     /// A new answer body, or `None` to keep the upstream's.
     fn annotate(
@@ -208,6 +277,37 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "\"Positive\" is not positive, negative or unknown"
+        );
+    }
+
+    #[test]
+    fn dialect_names_round_trip() {
+        for d in [Dialect::A1111, Dialect::ComfyUi, Dialect::Plain] {
+            assert_eq!(d.as_str().parse::<Dialect>(), Ok(d));
+            assert_eq!(format!(" {} ", d.as_str()).parse::<Dialect>(), Ok(d));
+        }
+        assert_eq!(Dialect::ComfyUi.as_str(), "comfyui");
+        let err = "ComfyUI".parse::<Dialect>().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "\"ComfyUI\" is not a1111, comfyui or plain"
+        );
+    }
+
+    #[test]
+    fn each_protocol_names_the_dialect_its_server_reads() {
+        let dialects: Vec<(String, Dialect)> = builtin()
+            .iter()
+            .map(|p| (p.describe().name, p.describe().dialect))
+            .collect();
+        assert_eq!(
+            dialects,
+            [
+                ("a1111".to_string(), Dialect::A1111),
+                ("comfyui".to_string(), Dialect::ComfyUi),
+                ("diffusers".to_string(), Dialect::Plain),
+                ("openai-images".to_string(), Dialect::Plain),
+            ]
         );
     }
 }

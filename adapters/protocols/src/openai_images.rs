@@ -1,11 +1,15 @@
 //! OpenAI-style image generation: `POST /v1/images/generations` with `prompt`. The
 //! answer's `data[].revised_prompt` is set to the prompt that was rendered, as OpenAI's
-//! own API does when it rewrites a prompt.
+//! own API does when it rewrites a prompt. A numeric `seed`, which some compatible
+//! servers take, is the image seed.
+//!
+//! No marker is written into a refined body: no PRIP layer runs inside these servers,
+//! and OpenAI's API refuses unknown fields.
 
 use serde_json::Value;
 
 use crate::fields::{self, Field};
-use crate::{json, Info, Polarity, Protocol, Replacement, Request, Response, Route, Slot};
+use crate::{json, Extraction, Info, Polarity, Protocol, Replacement, Request, Response, Route};
 
 const FIELDS: [Field; 1] = [Field::new("prompt", Polarity::Positive, "main")];
 
@@ -19,11 +23,12 @@ impl Protocol for OpenAiImages {
             version: crate::VERSION.into(),
             routes: vec![Route::post("/v1/images/generations")],
             annotates: true,
+            dialect: crate::Dialect::Plain,
         }
     }
 
-    fn extract(&self, req: &Request) -> Result<Vec<Slot>, String> {
-        Ok(fields::extract(&json::object(&req.body)?, &FIELDS))
+    fn extract(&self, req: &Request) -> Result<Extraction, String> {
+        fields::extraction(&json::object(&req.body)?, &FIELDS)
     }
 
     fn apply(&self, req: &Request, replacements: &[Replacement]) -> Result<Vec<u8>, String> {

@@ -2,14 +2,18 @@
 
 use prip_protocols::cases::{self, fixture};
 use prip_protocols::{
-    a1111::A1111, comfyui::ComfyUi, diffusers::Diffusers, openai_images::OpenAiImages, Polarity,
-    Protocol, Replacement, Request, Response, Slot,
+    a1111::A1111, comfyui::ComfyUi, diffusers::Diffusers, openai_images::OpenAiImages, Extraction,
+    Polarity, Protocol, Replacement, Request, Response, Slot,
 };
 use serde_json::{json, Value};
 
-fn slots(p: &dyn Protocol, path: &str, body: &Value) -> Vec<Slot> {
+fn extraction(p: &dyn Protocol, path: &str, body: &Value) -> Extraction {
     p.extract(&Request::post(path, serde_json::to_vec(body).unwrap()))
         .unwrap()
+}
+
+fn slots(p: &dyn Protocol, path: &str, body: &Value) -> Vec<Slot> {
+    extraction(p, path, body).slots
 }
 
 fn ids(slots: &[Slot]) -> Vec<(&str, Polarity)> {
@@ -19,7 +23,7 @@ fn ids(slots: &[Slot]) -> Vec<(&str, Polarity)> {
 /// Extract, refine the positive slots, apply: the new body as JSON.
 fn refined(p: &dyn Protocol, path: &str, body: &Value) -> Value {
     let req = Request::post(path, serde_json::to_vec(body).unwrap());
-    let reps = cases::refine_positive(&p.extract(&req).unwrap());
+    let reps = cases::refine_positive(&p.extract(&req).unwrap().slots);
     serde_json::from_slice(&p.apply(&req, &reps).unwrap()).unwrap()
 }
 
@@ -252,7 +256,7 @@ fn openai_answer_gets_revised_prompt() {
         "/v1/images/generations",
         serde_json::to_vec(&fixture("diffusers/generations_request.json")).unwrap(),
     );
-    let reps = cases::refine_positive(&OpenAiImages.extract(&req).unwrap());
+    let reps = cases::refine_positive(&OpenAiImages.extract(&req).unwrap().slots);
     let resp = Response {
         status: 200,
         headers: vec![],
@@ -319,13 +323,24 @@ fn every_case_runs_and_refines_only_positive_slots() {
             .find(|p| p.describe().name == case.protocol)
             .unwrap();
         let out = cases::native_outcome(p.as_ref(), &case);
-        if let (Ok(slots), Some(Ok(body))) = (&out.slots, &out.body) {
-            let again = p
-                .extract(&Request {
+        if let (Ok(first), Some(Ok(body))) = (&out.extraction, &out.body) {
+            let (slots, again) = (
+                &first.slots,
+                p.extract(&Request {
                     body: body.clone(),
                     ..case.request.clone()
                 })
-                .unwrap();
+                .unwrap(),
+            );
+            assert_eq!(again.seed, first.seed, "{}: {}", case.protocol, case.name);
+            let marked = match case.protocol {
+                "comfyui" => true,
+                "a1111" => case.name == "the PRIP extension named",
+                _ => false,
+            };
+            assert_eq!(again.refined, marked, "{}: {}", case.protocol, case.name);
+            assert!(!first.refined, "{}: {}", case.protocol, case.name);
+            let again = again.slots;
             assert_eq!(again.len(), slots.len(), "{}: {}", case.protocol, case.name);
             for (before, after) in slots.iter().zip(&again) {
                 assert_eq!(before.id, after.id);
@@ -336,5 +351,155 @@ fn every_case_runs_and_refines_only_positive_slots() {
                 }
             }
         }
+    }
+}
+
+fn body_of(v: &Value) -> Request {
+    Request::post("/prompt", serde_json::to_vec(v).unwrap())
+}
+
+#[test]
+fn comfyui_marks_a_refined_body_and_reads_the_mark() {
+    let req = fixture("comfyui/prompt_request_txt2img_api.json");
+    assert!(req.get("extra_data").is_none());
+    assert!(!extraction(&ComfyUi, "/prompt", &req).refined);
+    let out = refined(&ComfyUi, "/prompt", &req);
+    assert_eq!(out["extra_data"], json!({"prip": {"refined": true}}));
+    let keys = |v: &Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+    assert_eq!(
+        keys(&out),
+        ["client_id", "prompt", "extra_data"],
+        "extra_data created last, the client's keys in their order"
+    );
+    let again = extraction(&ComfyUi, "/prompt", &out);
+    assert!(again.refined);
+    assert_eq!(again.slots.len(), 2, "slots still reported");
+
+    // An existing extra_data keeps its keys and order; prip comes last.
+    let req = cases::comfyui_with_workflow();
+    let out = refined(&ComfyUi, "/api/prompt", &req);
+    assert_eq!(keys(&out["extra_data"]), ["extra_pnginfo", "prip"]);
+    assert_eq!(out["extra_data"]["prip"], json!({"refined": true}));
+    // Even with nothing to replace, apply marks the body.
+    let req = body_of(&cases::comfyui_controlnet());
+    let out: Value = serde_json::from_slice(&ComfyUi.apply(&req, &[]).unwrap()).unwrap();
+    assert!(ComfyUi.extract(&body_of(&out)).unwrap().refined);
+    // A mark that says otherwise is no mark.
+    let mut req = cases::comfyui_controlnet();
+    req["extra_data"] = json!({"prip": {"refined": false}});
+    assert!(!extraction(&ComfyUi, "/prompt", &req).refined);
+}
+
+#[test]
+fn comfyui_seed_is_the_first_literal_sampler_seed() {
+    let req = fixture("comfyui/prompt_request_txt2img_api.json");
+    assert_eq!(extraction(&ComfyUi, "/prompt", &req).seed, Some(1));
+    let seed = |graph: Value| extraction(&ComfyUi, "/prompt", &json!({ "prompt": graph })).seed;
+    assert_eq!(
+        seed(json!({
+            "1": {"class_type": "KSampler", "inputs": {"seed": ["9", 0]}},
+            "2": {"class_type": "KSamplerAdvanced", "inputs": {"noise_seed": 42}},
+            "3": {"class_type": "RandomNoise", "inputs": {"noise_seed": 43}}
+        })),
+        Some(42),
+        "links are not read; the first literal in node order wins"
+    );
+    assert_eq!(
+        seed(json!({
+            "3": {"class_type": "RandomNoise", "inputs": {"noise_seed": 18446744073709551615_u64}},
+            "2": {"class_type": "SamplerCustom", "inputs": {"noise_seed": 5}}
+        })),
+        Some(u64::MAX)
+    );
+    assert_eq!(
+        seed(json!({"2": {"class_type": "SamplerCustom", "inputs": {"noise_seed": 5}}})),
+        Some(5)
+    );
+    assert_eq!(
+        seed(
+            json!({"2": {"class_type": "SamplerCustomAdvanced", "inputs": {"noise": ["3", 0]}},
+                    "4": {"class_type": "ImageAddNoise", "inputs": {"seed": 9}}})
+        ),
+        None,
+        "only the samplers' seeds count"
+    );
+}
+
+#[test]
+fn a1111_refined_body_turns_the_extension_off_and_is_marked() {
+    let req = cases::a1111_with_extension();
+    let first = extraction(&A1111, "/sdapi/v1/txt2img", &req);
+    assert!(!first.refined);
+    assert_eq!(first.seed, Some(1234));
+    let out = refined(&A1111, "/sdapi/v1/txt2img", &req);
+    let scripts = &out["alwayson_scripts"];
+    assert_eq!(
+        scripts["prip prompt refiner"],
+        json!({"args": [false, "", 40, 0.7, -1, true], "prip_refined": true}),
+        "only the switch changes; the user's other arguments stay"
+    );
+    assert_eq!(
+        scripts["Prompt Refiner Probe"], req["alwayson_scripts"]["Prompt Refiner Probe"],
+        "other scripts untouched"
+    );
+    assert!(extraction(&A1111, "/sdapi/v1/txt2img", &out).refined);
+
+    // The server finds scripts by title whatever the case; an entry without args.
+    let mut req = cases::a1111_txt2img();
+    req["alwayson_scripts"] = json!({"PRIP Prompt Refiner": {}});
+    let out = refined(&A1111, "/sdapi/v1/txt2img", &req);
+    assert_eq!(
+        out["alwayson_scripts"],
+        json!({"PRIP Prompt Refiner": {"args": [false], "prip_refined": true}})
+    );
+    assert!(extraction(&A1111, "/sdapi/v1/txt2img", &out).refined);
+}
+
+#[test]
+fn a1111_without_the_extension_named_gets_no_entry() {
+    // A1111 answers 422 "always on script ... not found" for a script it lacks.
+    let req = cases::a1111_txt2img();
+    let out = refined(&A1111, "/sdapi/v1/txt2img", &req);
+    assert_eq!(out["alwayson_scripts"], req["alwayson_scripts"]);
+    let req = json!({"prompt": "a cat"});
+    let out = refined(&A1111, "/sdapi/v1/txt2img", &req);
+    assert!(out.get("alwayson_scripts").is_none());
+}
+
+#[test]
+fn a1111_seed_is_the_requests_unless_random() {
+    let seed = |v: Value| extraction(&A1111, "/sdapi/v1/txt2img", &v).seed;
+    assert_eq!(
+        seed(json!({"prompt": "a", "seed": 3919858964_u64})),
+        Some(3919858964)
+    );
+    assert_eq!(seed(json!({"prompt": "a", "seed": -1})), None);
+    assert_eq!(seed(json!({"prompt": "a", "seed": "5"})), None);
+    assert_eq!(seed(json!({"prompt": "a", "seed": null})), None);
+    assert_eq!(seed(json!({"prompt": "a"})), None);
+    assert_eq!(
+        seed(cases::a1111_txt2img()),
+        None,
+        "the fixture asks for -1"
+    );
+}
+
+#[test]
+fn diffusers_and_openai_read_a_numeric_seed_and_write_no_marker() {
+    for p in [&Diffusers as &dyn Protocol, &OpenAiImages] {
+        let mut req = fixture("diffusers/generations_request.json");
+        assert_eq!(extraction(p, "/v1/images/generations", &req).seed, None);
+        req["seed"] = json!(77);
+        assert_eq!(extraction(p, "/v1/images/generations", &req).seed, Some(77));
+        let out = refined(p, "/v1/images/generations", &req);
+        let mut expected = req.clone();
+        expected["prompt"] = json!(format!("{}{MORE}", req["prompt"].as_str().unwrap()));
+        assert_eq!(
+            out, expected,
+            "no marker: no PRIP layer runs in these servers"
+        );
+        assert!(!extraction(p, "/v1/images/generations", &out).refined);
+        req["seed"] = json!("77");
+        assert_eq!(extraction(p, "/v1/images/generations", &req).seed, None);
     }
 }

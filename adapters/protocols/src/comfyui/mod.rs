@@ -5,6 +5,12 @@
 //! the graph ([`polarity`]). Slot ids are `node/input` ("6/text"). Applying a
 //! replacement also rewrites the UI copy of the workflow the browser sends along
 //! ([`workflow`]), so the workflow saved in the image matches what was rendered.
+//! Nodes inside subgraphs have API ids that are paths, `instance:inner` ("56:51").
+//!
+//! The seed is the literal seed of the first sampler in node order that has one
+//! ([`classes::SEED_INPUTS`]). A refined body is marked `extra_data.prip =
+//! {"refined": true}` (ComfyUI ignores keys of `extra_data` it does not know), which
+//! ComfyUI's in-server auto mode, calling this same code, sees as already refined.
 
 mod classes;
 mod polarity;
@@ -14,7 +20,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
-use crate::{json, Info, Polarity, Protocol, Replacement, Request, Route, Slot};
+use crate::{json, Extraction, Info, Polarity, Protocol, Replacement, Request, Route, Slot};
 
 /// The ComfyUI server protocol.
 pub struct ComfyUi;
@@ -26,12 +32,23 @@ impl Protocol for ComfyUi {
             version: crate::VERSION.into(),
             routes: vec![Route::post("/prompt"), Route::post("/api/prompt")],
             annotates: false,
+            dialect: crate::Dialect::ComfyUi,
         }
     }
 
-    fn extract(&self, req: &Request) -> Result<Vec<Slot>, String> {
+    fn extract(&self, req: &Request) -> Result<Extraction, String> {
         let body = json::object(&req.body)?;
-        Ok(slots(graph(&body)?))
+        let graph = graph(&body)?;
+        let refined = body
+            .get("extra_data")
+            .and_then(|e| e.pointer(MARKER_POINTER))
+            .and_then(Value::as_bool)
+            == Some(true);
+        Ok(Extraction {
+            slots: slots(graph),
+            seed: seed(graph),
+            refined,
+        })
     }
 
     fn apply(&self, req: &Request, replacements: &[Replacement]) -> Result<Vec<u8>, String> {
@@ -64,11 +81,53 @@ impl Protocol for ComfyUi {
                 }
             }
         }
+        mark_refined(&mut body)?;
         Ok(json::bytes(&body))
     }
 }
 
 const NO_GRAPH: &str = "body has no \"prompt\" object (ComfyUI API format)";
+
+/// Where in `extra_data` a refined body says so.
+const MARKER_POINTER: &str = "/prip/refined";
+
+/// Sets `extra_data.prip.refined` to `true`, creating `extra_data` (last) and `prip`
+/// when absent and keeping every other key where it was.
+fn mark_refined(body: &mut Map<String, Value>) -> Result<(), String> {
+    let extra = body
+        .entry("extra_data")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if extra.is_null() {
+        *extra = Value::Object(Map::new());
+    }
+    let Value::Object(extra) = extra else {
+        return Err(format!(
+            "extra_data is {}, not an object",
+            json::kind(extra)
+        ));
+    };
+    let prip = extra
+        .entry("prip")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if !prip.is_object() {
+        *prip = Value::Object(Map::new());
+    }
+    if let Value::Object(prip) = prip {
+        prip.insert("refined".into(), Value::Bool(true));
+    }
+    Ok(())
+}
+
+/// The literal seed of the first sampling node, in node order, that has one.
+fn seed(graph: &Map<String, Value>) -> Option<u64> {
+    graph.values().find_map(|node| {
+        let class_type = node.get("class_type").and_then(Value::as_str)?;
+        let (_, input) = classes::SEED_INPUTS
+            .iter()
+            .find(|(c, _)| *c == class_type)?;
+        json::seed(node.get("inputs")?.get(*input))
+    })
+}
 
 fn graph(body: &Map<String, Value>) -> Result<&Map<String, Value>, String> {
     match body.get("prompt") {
