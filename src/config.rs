@@ -69,6 +69,8 @@ pub struct RefineDefaults {
     pub model: Option<String>,
     /// --system
     pub system: Option<String>,
+    /// --dialect
+    pub dialect: Option<prip_core::Dialect>,
     /// --device
     pub device: Option<String>,
     /// --seed

@@ -5,10 +5,9 @@ use std::path::Path;
 
 use anyhow::Context;
 use prip_abi::client::{LibRefiner, Library};
-use prip_adapters::refine::{Prompt, PromptRefiner};
 use prip_core::device::DeviceSpec;
 use prip_core::sampling::GenerationPatch;
-use prip_core::{RefineRequest, Refined, Refiner, RefinerOptions};
+use prip_core::{Refine, RefineRequest, Refined, Refiner, RefinerOptions};
 
 /// Where refinement runs.
 pub enum Engine {
@@ -70,21 +69,13 @@ impl Engine {
     }
 }
 
-impl PromptRefiner for Engine {
-    fn refine(&mut self, prompts: &[Prompt]) -> Vec<Result<String, String>> {
-        let requests: Vec<RefineRequest> = prompts
-            .iter()
-            .map(|p| RefineRequest {
-                prompt: p.text.clone(),
-                seed: p.seed,
-                system: p.system.clone(),
-            })
-            .collect();
-        match Engine::refine(self, &requests, &GenerationPatch::default()) {
-            Ok(results) => results.into_iter().map(|r| r.map(|r| r.refined)).collect(),
+impl Refine for Engine {
+    fn refine_batch(&mut self, requests: &[RefineRequest]) -> Vec<Result<Refined, String>> {
+        match Engine::refine(self, requests, &GenerationPatch::default()) {
+            Ok(results) => results,
             Err(e) => {
                 let msg = crate::one_line(&format!("{e:#}"));
-                prompts.iter().map(|_| Err(msg.clone())).collect()
+                requests.iter().map(|_| Err(msg.clone())).collect()
             }
         }
     }

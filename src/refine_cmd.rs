@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Args;
 use prip_core::sampling::GenerationPatch;
-use prip_core::RefineRequest;
+use prip_core::{Dialect, RefineRequest};
 use serde_json::json;
 
 use crate::config::Config;
@@ -21,7 +21,8 @@ pub struct RefineArgs {
     /// Sampling seed (output is reproducible for a given seed); random when absent.
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Print one JSON object per prompt: prompt, refined, details, seed, system, model, timings.
+    /// Print one JSON object per prompt: prompt, refined, details, outcome, seed, system,
+    /// model, timings.
     #[arg(long)]
     pub json: bool,
     /// PRIP model: a packaged name (default) or a checkpoint directory.
@@ -30,6 +31,11 @@ pub struct RefineArgs {
     /// Generation system whose decoder adapter to use (e.g. sd15, sdxl); see the model's prip.toml.
     #[arg(long)]
     pub system: Option<String>,
+    /// Who will read the refined prompt: a1111 (A1111/Forge: `#` starts a comment
+    /// anywhere in a line, so details after one go on a new line), comfyui or plain
+    /// (`#` is text). Default a1111.
+    #[arg(long)]
+    pub dialect: Option<Dialect>,
     /// Most tokens to generate per prompt.
     #[arg(long)]
     pub max_new_tokens: Option<usize>,
@@ -92,6 +98,7 @@ pub fn run(args: RefineArgs, cfg: &Config) -> anyhow::Result<ExitCode> {
     };
     let seed = args.seed.or(d.seed);
     let system = args.system.clone().or_else(|| d.system.clone());
+    let dialect = args.dialect.or(d.dialect).unwrap_or_default();
 
     let good: Vec<(usize, RefineRequest)> = lines
         .iter()
@@ -104,6 +111,7 @@ pub fn run(args: RefineArgs, cfg: &Config) -> anyhow::Result<ExitCode> {
                         prompt: p.clone(),
                         seed,
                         system: system.clone(),
+                        dialect,
                     },
                 )
             })

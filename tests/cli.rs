@@ -214,6 +214,16 @@ fn check_result(v: &Value, prompt: &str, seed: Option<u64>) -> String {
         !refined.contains(|c: char| c.is_control() || c == char::REPLACEMENT_CHARACTER),
         "noise in {refined:?}"
     );
+    let outcome = if details.is_empty() {
+        "model_stopped|filtered|budget_full"
+    } else {
+        "refined"
+    };
+    assert!(
+        outcome.split('|').any(|o| v["outcome"] == o),
+        "outcome {} with details {details:?}",
+        v["outcome"]
+    );
     let t = &v["timings"];
     for k in ["encode_ms", "decode_ms", "total_ms"] {
         assert!(t[k].as_f64().is_some_and(|x| x >= 0.0), "{k}: {v}");
@@ -245,6 +255,46 @@ fn json_refine_keeps_the_prompt_and_is_reproducible() {
     // A checkpoint whose base models are local paths never touches the model store.
     let stored: Vec<_> = std::fs::read_dir(f.home.path()).unwrap().collect();
     assert!(stored.is_empty(), "{stored:?}");
+}
+
+#[test]
+fn dialect_decides_where_details_go_after_a_comment() {
+    let f = Fixture::new();
+    let prompt = "a red fox in the snow # todo: try a cabin later";
+    let mut seen = Vec::new();
+    for dialect in [None, Some("a1111"), Some("comfyui"), Some("plain")] {
+        let mut args = vec!["--json", "--seed", "3"];
+        if let Some(d) = dialect {
+            args.extend(["--dialect", d]);
+        }
+        args.push(prompt);
+        let o = f.refine(&args);
+        assert_ok(&o);
+        let v = json_lines(&o).remove(0);
+        let refined = v["refined"].as_str().unwrap().to_owned();
+        let details: Vec<&str> = v["details"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_str().unwrap())
+            .collect();
+        assert!(!details.is_empty(), "{v}");
+        let joined = details.join(", ");
+        match dialect {
+            // A1111 (the default) strips the comment: details on a line of their own.
+            None | Some("a1111") => assert_eq!(refined, format!("{prompt}\n, {joined}")),
+            _ => assert_eq!(refined, format!("{prompt}, {joined}")),
+        }
+        seen.push(refined);
+    }
+    assert_eq!(seen[0], seen[1], "a1111 is the default");
+    let bad = f.refine(&["--dialect", "forge", "a cat"]);
+    assert!(!bad.status.success());
+    assert!(
+        stderr(&bad).contains("unknown prompt dialect \"forge\""),
+        "{}",
+        stderr(&bad)
+    );
 }
 
 #[test]

@@ -13,7 +13,7 @@
 #define PRIP_ABI_VERSION_MAJOR 1
 
 // Additions bump this.
-#define PRIP_ABI_VERSION_MINOR 1
+#define PRIP_ABI_VERSION_MINOR 2
 
 // What a call did.
 typedef enum PripStatus {
@@ -59,7 +59,8 @@ const char *prip_last_error(void);
 enum PripStatus prip_open(const char *config_json, PripHandle *out);
 
 // Refines one request and writes the result to `out_json`: `{"prompt", "refined",
-// "details", "seed", "system", "model", "timings"}`. Free it with
+// "details", "outcome", "seed", "system", "model", "timings"}` (outcome: `refined`, or
+// why nothing was added: `budget_full`, `model_stopped`, `filtered`). Free it with
 // [`prip_string_free`]. A refused prompt gives `PRIP_STATUS_REFINE`.
 //
 // # Safety
@@ -81,7 +82,12 @@ enum PripStatus prip_refine_batch(PripHandle handle, const char *requests_json, 
 // "generation": {...}}` (protocol and body required); the prompts are found and
 // written back by the same protocol code `prip serve` uses, so everything else in the
 // body, ComfyUI's UI copy of the workflow included, stays consistent. A prompt whose
-// refinement failed keeps its text and is listed under `errors`.
+// refinement failed keeps its text and is listed under `errors`. Since ABI 1.2: the
+// prompts are read in the protocol's dialect; equal texts get one refinement; without
+// `seed`, the image seed the body fixes (a sampler's seed) seeds the refinement; a
+// prompt that got no details is listed under `unchanged` with its outcome; the body is
+// marked refined, and a marked body (from `prip serve` or an earlier call) comes back
+// as it was with `"already_refined": true`.
 //
 // # Safety
 // `request_json` is null or a NUL-terminated string; `out_json` is null or writable.

@@ -9,7 +9,7 @@
 //! use prip_abi::client::{LibRefiner, Library};
 //! let lib = Library::load("target/release/libprip_abi.so".as_ref())?;
 //! let refiner = LibRefiner::open(lib, &serde_json::json!({"model": "default"}))?;
-//! let request = prip_core::RefineRequest { prompt: "a cat".into(), seed: Some(7), system: None };
+//! let request = prip_core::RefineRequest { seed: Some(7), ..prip_core::RefineRequest::new("a cat") };
 //! for result in refiner.refine(&[request], None)? {
 //!     println!("{}", result.map(|r| r.refined).unwrap_or_else(|e| e));
 //! }

@@ -50,7 +50,7 @@ use serde_json::Value;
 /// Breaking changes bump this.
 pub const PRIP_ABI_VERSION_MAJOR: u32 = 1;
 /// Additions bump this.
-pub const PRIP_ABI_VERSION_MINOR: u32 = 1;
+pub const PRIP_ABI_VERSION_MINOR: u32 = 2;
 
 /// What a call did.
 #[repr(C)]
@@ -283,7 +283,9 @@ pub unsafe extern "C" fn prip_open(config_json: *const c_char, out: *mut PripHan
     })
 }
 
-/// One request: `{"prompt": "...", "seed": 7, "system": "sdxl", "generation": {...}}`.
+/// One request: `{"prompt": "...", "seed": 7, "system": "sdxl", "dialect": "comfyui",
+/// "generation": {...}}`; every key but `prompt` optional (dialect: `a1111`, `comfyui`
+/// or `plain`, default `a1111`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Request {
@@ -292,6 +294,8 @@ struct Request {
     seed: Option<u64>,
     #[serde(default)]
     system: Option<String>,
+    #[serde(default)]
+    dialect: prip_core::Dialect,
     #[serde(default)]
     generation: Option<Value>,
 }
@@ -324,6 +328,7 @@ fn run(
             prompt: r.prompt,
             seed: r.seed,
             system: r.system.or_else(|| open.system.clone()),
+            dialect: r.dialect,
         })
         .collect();
     Ok(open
@@ -338,7 +343,8 @@ fn run(
 }
 
 /// Refines one request and writes the result to `out_json`: `{"prompt", "refined",
-/// "details", "seed", "system", "model", "timings"}`. Free it with
+/// "details", "outcome", "seed", "system", "model", "timings"}` (outcome: `refined`, or
+/// why nothing was added: `budget_full`, `model_stopped`, `filtered`). Free it with
 /// [`prip_string_free`]. A refused prompt gives `PRIP_STATUS_REFINE`.
 ///
 /// # Safety
@@ -403,7 +409,12 @@ pub unsafe extern "C" fn prip_refine_batch(
 /// "generation": {...}}` (protocol and body required); the prompts are found and
 /// written back by the same protocol code `prip serve` uses, so everything else in the
 /// body, ComfyUI's UI copy of the workflow included, stays consistent. A prompt whose
-/// refinement failed keeps its text and is listed under `errors`.
+/// refinement failed keeps its text and is listed under `errors`. Since ABI 1.2: the
+/// prompts are read in the protocol's dialect; equal texts get one refinement; without
+/// `seed`, the image seed the body fixes (a sampler's seed) seeds the refinement; a
+/// prompt that got no details is listed under `unchanged` with its outcome; the body is
+/// marked refined, and a marked body (from `prip serve` or an earlier call) comes back
+/// as it was with `"already_refined": true`.
 ///
 /// # Safety
 /// `request_json` is null or a NUL-terminated string; `out_json` is null or writable.
@@ -420,7 +431,7 @@ pub unsafe extern "C" fn prip_rewrite(
         if out_json.is_null() {
             return Err((PripStatus::NullPointer, "out_json is a null pointer".into()));
         }
-        let plan = req.plan()?;
+        let mut plan = req.plan()?;
         let requests = plan
             .requests(req.seed, req.system.as_deref())
             .into_iter()
@@ -428,6 +439,7 @@ pub unsafe extern "C" fn prip_rewrite(
                 prompt: r.prompt,
                 seed: r.seed,
                 system: r.system,
+                dialect: r.dialect,
                 generation: None,
             })
             .collect();

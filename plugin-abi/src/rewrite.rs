@@ -2,6 +2,7 @@
 //! the same protocol logic `prip serve` runs (prip-protocols), so a plugin living inside
 //! the server (ComfyUI's on-prompt hook) needs no prompt-finding code of its own.
 
+use prip_core::refiner::distinct;
 use prip_core::RefineRequest;
 use prip_protocols::{Polarity, Protocol, Replacement};
 use serde::Deserialize;
@@ -34,6 +35,12 @@ pub(crate) struct Plan {
     protocol: Box<dyn Protocol>,
     request: prip_protocols::Request,
     slots: Vec<prip_protocols::Slot>,
+    /// The image seed the body fixes, if any.
+    image_seed: Option<u64>,
+    /// A PRIP layer (`prip serve`) already refined this body: nothing to do.
+    already_refined: bool,
+    /// For each slot, its distinct request in [`Plan::requests`].
+    index: Vec<usize>,
 }
 
 impl RewriteRequest {
@@ -69,42 +76,79 @@ impl RewriteRequest {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let request = prip_protocols::Request::post(&path, self.body.to_string());
-        let slots = protocol
+        let extraction = protocol
             .extract(&request)
-            .map_err(|e| (PripStatus::Refine, format!("{}: {e}", self.protocol)))?
-            .into_iter()
-            .filter(|s| wanted.contains(&s.polarity))
-            .collect();
+            .map_err(|e| (PripStatus::Refine, format!("{}: {e}", self.protocol)))?;
+        let slots = if extraction.refined {
+            Vec::new()
+        } else {
+            extraction
+                .slots
+                .into_iter()
+                .filter(|s| wanted.contains(&s.polarity))
+                .collect()
+        };
         Ok(Plan {
             protocol,
             request,
             slots,
+            image_seed: extraction.seed,
+            already_refined: extraction.refined,
+            index: Vec::new(),
         })
     }
 }
 
 impl Plan {
-    /// One refine request per slot.
-    pub(crate) fn requests(&self, seed: Option<u64>, system: Option<&str>) -> Vec<RefineRequest> {
-        self.slots
+    /// One refine request per distinct slot text: equal texts in one body get one
+    /// refinement. Without `seed`, the body's own image seed (when it fixes one) seeds
+    /// the refinement, so the same body refines the same way every time.
+    pub(crate) fn requests(
+        &mut self,
+        seed: Option<u64>,
+        system: Option<&str>,
+    ) -> Vec<RefineRequest> {
+        // The protocol's dialect names are the refiner's (adapters/wit/adapter.wit).
+        let dialect = self
+            .protocol
+            .describe()
+            .dialect
+            .as_str()
+            .parse()
+            .unwrap_or_default();
+        let all: Vec<RefineRequest> = self
+            .slots
             .iter()
             .map(|s| RefineRequest {
                 prompt: s.text.clone(),
-                seed,
+                seed: seed.or(self.image_seed),
                 system: system.map(str::to_string),
+                dialect,
             })
-            .collect()
+            .collect();
+        let (unique, index) = distinct(&all);
+        self.index = index;
+        unique
     }
 
     /// Writes the refined texts back: `{"body": ..., "refined": [{"id", "polarity",
-    /// "original", "refined", "seed"}], "errors": [{"id", "error"}]}`. A slot whose
-    /// refinement failed keeps its text and is listed under errors.
+    /// "original", "refined", "seed"}], "unchanged": [{"id", "outcome"}], "errors":
+    /// [{"id", "error"}], "already_refined": bool}`, `results` answering
+    /// [`Plan::requests`]. A slot whose refinement added nothing is listed under
+    /// unchanged with the reason; one whose refinement failed keeps its text and is
+    /// listed under errors.
     pub(crate) fn finish(self, results: Vec<Value>) -> Result<Value, Failure> {
         let mut replacements = Vec::new();
         let mut refined = Vec::new();
+        let mut unchanged = Vec::new();
         let mut errors = Vec::new();
-        for (slot, result) in self.slots.iter().zip(results) {
+        for (slot, &i) in self.slots.iter().zip(&self.index) {
+            let result = results.get(i).cloned().unwrap_or(Value::Null);
+            let outcome = result.get("outcome").and_then(Value::as_str);
             match result.get("refined").and_then(Value::as_str) {
+                Some(_) if outcome != Some(prip_core::Outcome::Refined.as_str()) => {
+                    unchanged.push(json!({"id": slot.id, "outcome": result["outcome"]}));
+                }
                 Some(text) => {
                     replacements.push(Replacement {
                         id: slot.id.clone(),
@@ -136,6 +180,12 @@ impl Plan {
                 )
             })?
         };
-        Ok(json!({"body": body, "refined": refined, "errors": errors}))
+        Ok(json!({
+            "body": body,
+            "refined": refined,
+            "unchanged": unchanged,
+            "errors": errors,
+            "already_refined": self.already_refined,
+        }))
     }
 }

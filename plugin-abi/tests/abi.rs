@@ -304,7 +304,25 @@ fn rewrite_refines_the_positive_prompts_of_a_comfyui_workflow() {
     restored["prompt"]["6"]["inputs"]["text"] = body["prompt"]["6"]["inputs"]["text"].clone();
     restored["extra_data"]["extra_pnginfo"]["workflow"]["nodes"][0]["widgets_values"][0] =
         body["prompt"]["6"]["inputs"]["text"].clone();
+    assert_eq!(
+        new["extra_data"]["prip"],
+        json!({"refined": true}),
+        "marked"
+    );
+    restored["extra_data"]
+        .as_object_mut()
+        .unwrap()
+        .remove("prip");
     assert_eq!(restored, body);
+
+    // A body PRIP refined already (by prip serve, or by this call) is left alone.
+    let again = json!({"protocol": "comfyui", "body": new});
+    let (status, out) = call(prip_rewrite, h, again.to_string().as_bytes());
+    assert_eq!(status, PripStatus::Ok, "{}", last_error());
+    let out = out.unwrap();
+    assert_eq!(out["already_refined"], json!(true));
+    assert_eq!(out["refined"], json!([]));
+    assert_eq!(&out["body"], new);
 
     // Same seed, same text as prip_refine gives; negatives on request.
     let (_, one) = call(
@@ -357,7 +375,7 @@ fn rewrite_reports_bad_requests_and_keeps_what_it_cannot_refine() {
     assert_eq!(status, PripStatus::Ok, "{}", last_error());
     assert_eq!(
         out.unwrap(),
-        json!({"body": body, "refined": [], "errors": []})
+        json!({"body": body, "refined": [], "unchanged": [], "errors": [], "already_refined": false})
     );
     // A prompt the refiner refuses stays as it was and is listed.
     let mut huge = prip_protocols::cases::a1111_txt2img();
@@ -369,5 +387,39 @@ fn rewrite_reports_bad_requests_and_keeps_what_it_cannot_refine() {
     assert_eq!(out["body"], huge);
     assert_eq!(out["errors"][0]["id"], "prompt");
     assert!(!out["errors"][0]["error"].as_str().unwrap().is_empty());
+    prip_close(h);
+}
+
+#[test]
+fn rewrite_gives_equal_texts_one_refinement_seeded_by_the_body() {
+    let h = open();
+    let text = "a castle on a hill at dawn";
+    let mut body = prip_protocols::cases::comfyui_with_workflow();
+    body["prompt"]["6"]["inputs"]["text"] = json!(text);
+    // A second positive encoder with the same text, joined to the first.
+    body["prompt"]["3"]["inputs"]["positive"] = json!(["31", 0]);
+    body["prompt"]["31"] = json!({"class_type": "ConditioningCombine",
+        "inputs": {"conditioning_1": ["6", 0], "conditioning_2": ["32", 0]}});
+    body["prompt"]["32"] = json!({"class_type": "CLIPTextEncode",
+        "inputs": {"text": text, "clip": ["4", 1]}});
+    body["prompt"]["3"]["inputs"]["seed"] = json!(4242);
+    // No seed option: the sampler's seed decides, so the same body refines the same way.
+    let request = json!({"protocol": "comfyui", "body": body});
+    let (status, out) = call(prip_rewrite, h, request.to_string().as_bytes());
+    assert_eq!(status, PripStatus::Ok, "{}", last_error());
+    let out = out.unwrap();
+    let new = &out["body"]["prompt"];
+    assert_eq!(
+        new["6"]["inputs"]["text"], new["32"]["inputs"]["text"],
+        "{out}"
+    );
+    let (_, one) = call(
+        prip_refine,
+        h,
+        json!({"prompt": text, "seed": 4242, "dialect": "comfyui"})
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(new["6"]["inputs"]["text"], one.unwrap()["refined"]);
     prip_close(h);
 }

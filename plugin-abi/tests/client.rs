@@ -18,6 +18,7 @@ fn requests() -> Vec<RefineRequest> {
             prompt: p.to_string(),
             seed: Some(7),
             system: None,
+            dialect: Default::default(),
         })
         .collect()
 }

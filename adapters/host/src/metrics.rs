@@ -14,21 +14,58 @@ const BUCKETS: [f64; 12] = [
 /// What the proxy did with a request: the value of its X-PRIP header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Outcome {
-    /// A prompt was refined.
+    /// At least one prompt got details.
     Refined,
-    /// Nothing to refine, or the client opted out.
+    /// Prompts were refined, but none got details (the reason says why: the token
+    /// budget was full, the model stopped, hygiene filtered everything).
+    Unchanged,
+    /// Nothing to refine, already refined by a PRIP layer, or the client opted out.
     Skipped,
     /// Refinement failed; the original went upstream.
     Error,
 }
 
 impl Outcome {
+    /// Every outcome, in the order the metrics list them.
+    pub const ALL: [Outcome; 4] = [
+        Outcome::Refined,
+        Outcome::Unchanged,
+        Outcome::Skipped,
+        Outcome::Error,
+    ];
+
     /// The header value.
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Refined => "refined",
+            Outcome::Unchanged => "unchanged",
             Outcome::Skipped => "skipped",
             Outcome::Error => "error",
+        }
+    }
+}
+
+/// An outcome and, unless it is `refined`, why: the X-PRIP and X-PRIP-Reason headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Verdict {
+    /// What happened.
+    pub outcome: Outcome,
+    /// Why, as a metric label (`model_stopped`, `already_refined`, `refine_timeout`, ...).
+    pub reason: Option<&'static str>,
+}
+
+impl Verdict {
+    /// Prompts got details.
+    pub const REFINED: Verdict = Verdict {
+        outcome: Outcome::Refined,
+        reason: None,
+    };
+
+    /// `outcome` because of `reason`.
+    pub fn new(outcome: Outcome, reason: &'static str) -> Self {
+        Self {
+            outcome,
+            reason: Some(reason),
         }
     }
 }
@@ -37,6 +74,7 @@ impl Outcome {
 #[derive(Debug, Default)]
 pub struct Metrics {
     requests: Mutex<BTreeMap<Outcome, u64>>,
+    reasons: Mutex<BTreeMap<(Outcome, &'static str), u64>>,
     refined_prompts: AtomicU64,
     failures: Mutex<BTreeMap<&'static str, u64>>,
     latency_buckets: [AtomicU64; BUCKETS.len()],
@@ -45,14 +83,32 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Counts an answered request.
-    pub fn request(&self, outcome: Outcome) {
+    /// Counts an answered request, and its reason when it has one.
+    pub fn request(&self, verdict: Verdict) {
         *self
             .requests
             .lock()
             .expect("metrics")
-            .entry(outcome)
+            .entry(verdict.outcome)
             .or_default() += 1;
+        if let Some(reason) = verdict.reason {
+            *self
+                .reasons
+                .lock()
+                .expect("metrics")
+                .entry((verdict.outcome, reason))
+                .or_default() += 1;
+        }
+    }
+
+    /// Requests answered with `outcome` for `reason` so far.
+    pub fn reasons(&self, outcome: Outcome, reason: &str) -> u64 {
+        self.reasons
+            .lock()
+            .expect("metrics")
+            .iter()
+            .find(|((o, r), _)| *o == outcome && *r == reason)
+            .map_or(0, |(_, n)| *n)
     }
 
     /// Counts refined prompts and the time the refinement step took.
@@ -106,9 +162,20 @@ impl Metrics {
         out.push_str("# HELP prip_requests_total Requests answered, by X-PRIP outcome.\n");
         out.push_str("# TYPE prip_requests_total counter\n");
         let requests = self.requests.lock().expect("metrics").clone();
-        for o in [Outcome::Refined, Outcome::Skipped, Outcome::Error] {
+        for o in Outcome::ALL {
             let n = requests.get(&o).copied().unwrap_or(0);
             let _ = writeln!(out, "prip_requests_total{{outcome=\"{}\"}} {n}", o.as_str());
+        }
+        out.push_str(
+            "# HELP prip_request_reasons_total Requests not refined, by outcome and reason.\n",
+        );
+        out.push_str("# TYPE prip_request_reasons_total counter\n");
+        for ((o, reason), n) in self.reasons.lock().expect("metrics").iter() {
+            let _ = writeln!(
+                out,
+                "prip_request_reasons_total{{outcome=\"{}\",reason=\"{reason}\"}} {n}",
+                o.as_str()
+            );
         }
         out.push_str("# HELP prip_refinements_total Prompts refined.\n");
         out.push_str("# TYPE prip_refinements_total counter\n");

@@ -4,42 +4,11 @@
 
 use std::sync::Arc;
 
+use prip_core::{Refine, RefineRequest, Refined};
 use tokio::sync::{mpsc, oneshot};
 
-/// One prompt to refine.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Prompt {
-    /// The text as the server would read it.
-    pub text: String,
-    /// Generation system (LoRA) to use, the model's default when `None`.
-    pub system: Option<String>,
-    /// Sampling seed; random when `None`.
-    pub seed: Option<u64>,
-}
-
-/// Something that refines prompts in batches: the in-process prip-core refiner, or a
-/// refiner library loaded through the C ABI.
-pub trait PromptRefiner: Send + 'static {
-    /// One result per prompt, in order; an error is one line.
-    fn refine(&mut self, prompts: &[Prompt]) -> Vec<Result<String, String>>;
-}
-
-impl PromptRefiner for prip_core::Refiner {
-    fn refine(&mut self, prompts: &[Prompt]) -> Vec<Result<String, String>> {
-        let requests: Vec<prip_core::RefineRequest> = prompts
-            .iter()
-            .map(|p| prip_core::RefineRequest {
-                prompt: p.text.clone(),
-                seed: p.seed,
-                system: p.system.clone(),
-            })
-            .collect();
-        prip_core::Refiner::refine(self, &requests)
-            .into_iter()
-            .map(|r| r.map(|r| r.refined).map_err(|e| e.to_string()))
-            .collect()
-    }
-}
+/// One job's answer: a result per request, an error as one line.
+pub type Results = Vec<Result<Refined, String>>;
 
 /// Why a job got no answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -53,8 +22,8 @@ pub enum QueueError {
 }
 
 struct Job {
-    prompts: Vec<Prompt>,
-    reply: oneshot::Sender<Vec<Result<String, String>>>,
+    requests: Vec<RefineRequest>,
+    reply: oneshot::Sender<Results>,
 }
 
 /// The sending side; clone freely.
@@ -74,7 +43,7 @@ impl RefineQueue {
     /// Starts the worker thread. `capacity` jobs may wait; a batch holds at most
     /// `max_batch` prompts (a single larger job still runs whole).
     pub fn start(
-        mut refiner: Box<dyn PromptRefiner>,
+        mut refiner: Box<dyn Refine + 'static>,
         capacity: usize,
         max_batch: usize,
     ) -> std::io::Result<Self> {
@@ -86,29 +55,29 @@ impl RefineQueue {
             .spawn(move || {
                 while let Some(first) = rx.blocking_recv() {
                     let mut jobs = vec![first];
-                    let mut size = jobs[0].prompts.len();
+                    let mut size = jobs[0].requests.len();
                     while size < max_batch {
                         match rx.try_recv() {
                             Ok(job) => {
-                                size += job.prompts.len();
+                                size += job.requests.len();
                                 jobs.push(job);
                             }
                             Err(_) => break,
                         }
                     }
-                    // A caller that gave up (timed out) no longer needs its prompts.
+                    // A caller that gave up (timed out) no longer needs its requests.
                     jobs.retain(|j| !j.reply.is_closed());
                     if jobs.is_empty() {
                         continue;
                     }
-                    let prompts: Vec<Prompt> = jobs
+                    let requests: Vec<RefineRequest> = jobs
                         .iter()
-                        .flat_map(|j| j.prompts.iter().cloned())
+                        .flat_map(|j| j.requests.iter().cloned())
                         .collect();
                     counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let mut results = refiner.refine(&prompts).into_iter();
+                    let mut results = refiner.refine_batch(&requests).into_iter();
                     for job in jobs {
-                        let mine: Vec<_> = (0..job.prompts.len())
+                        let mine: Vec<_> = (0..job.requests.len())
                             .map(|_| {
                                 results.next().unwrap_or_else(|| {
                                     Err("refiner returned too few results".into())
@@ -122,12 +91,12 @@ impl RefineQueue {
         Ok(Self { tx, batches })
     }
 
-    /// Queues `prompts` without waiting: they join whatever batch the worker takes
+    /// Queues `requests` without waiting: they join whatever batch the worker takes
     /// next. Await the returned [`Pending`] for the results.
-    pub fn submit(&self, prompts: Vec<Prompt>) -> Result<Pending, QueueError> {
+    pub fn submit(&self, requests: Vec<RefineRequest>) -> Result<Pending, QueueError> {
         let (reply, answer) = oneshot::channel();
         self.tx
-            .try_send(Job { prompts, reply })
+            .try_send(Job { requests, reply })
             .map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => QueueError::Full,
                 mpsc::error::TrySendError::Closed(_) => QueueError::Stopped,
@@ -135,12 +104,9 @@ impl RefineQueue {
         Ok(Pending(answer))
     }
 
-    /// Refines `prompts` together with whatever else is waiting.
-    pub async fn refine(
-        &self,
-        prompts: Vec<Prompt>,
-    ) -> Result<Vec<Result<String, String>>, QueueError> {
-        self.submit(prompts)?.await
+    /// Refines `requests` together with whatever else is waiting.
+    pub async fn refine(&self, requests: Vec<RefineRequest>) -> Result<Results, QueueError> {
+        self.submit(requests)?.await
     }
 
     /// Batches run so far.
@@ -151,10 +117,10 @@ impl RefineQueue {
 
 /// Results of a submitted job; dropping it withdraws the job if it has not started.
 #[derive(Debug)]
-pub struct Pending(oneshot::Receiver<Vec<Result<String, String>>>);
+pub struct Pending(oneshot::Receiver<Results>);
 
 impl std::future::Future for Pending {
-    type Output = Result<Vec<Result<String, String>>, QueueError>;
+    type Output = Result<Results, QueueError>;
 
     fn poll(
         mut self: std::pin::Pin<&mut Self>,

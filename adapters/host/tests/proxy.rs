@@ -36,10 +36,16 @@ async fn comfyui_positive_prompt_and_ui_copy_are_refined() {
     );
     let ui = &upstream["extra_data"]["extra_pnginfo"]["workflow"]["nodes"];
     assert_eq!(ui[0]["widgets_values"][0], json!(want), "UI copy matches");
+    assert_eq!(
+        upstream["extra_data"]["prip"],
+        json!({"refined": true}),
+        "marked, so no PRIP layer refines it again"
+    );
     let mut rest = upstream.clone();
     rest["prompt"]["6"]["inputs"]["text"] = json!(original);
     rest["extra_data"]["extra_pnginfo"]["workflow"]["nodes"][0]["widgets_values"][0] =
         json!(original);
+    rest["extra_data"].as_object_mut().unwrap().remove("prip");
     assert_eq!(rest, sent, "nothing else changed");
     assert_eq!(
         metrics.requests(prip_adapters::metrics::Outcome::Refined),
@@ -64,7 +70,10 @@ async fn a1111_images_remember_the_refined_prompt() {
         upstream["hr_prompt"],
         json!(expected_refinement("a fox, detailed"))
     );
-    assert_eq!(upstream["alwayson_scripts"], sent["alwayson_scripts"]);
+    assert_eq!(
+        upstream["alwayson_scripts"], sent["alwayson_scripts"],
+        "scripts other than PRIP's own are never touched"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -451,4 +460,213 @@ async fn answers_stream_through_without_buffering() {
     fake.gate.notify_one();
     let rest = body.collect().await.unwrap().to_bytes();
     assert_eq!(rest, "second chunk\n");
+}
+
+/// A ComfyUI API graph: `text` into a CLIPTextEncode wired to KSampler "3", whose seed is
+/// `seed` (a number, or a link when the request leaves it to a primitive).
+fn comfy_graph(text: &str, seed: Value) -> Value {
+    json!({"prompt": {
+        "3": {"class_type": "KSampler", "inputs": {
+            "seed": seed, "steps": 20, "cfg": 7.0, "sampler_name": "euler",
+            "scheduler": "normal", "denoise": 1.0, "model": ["4", 0],
+            "positive": ["6", 0], "negative": ["7", 0], "latent_image": ["5", 0]}},
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sd15.safetensors"}},
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": text, "clip": ["4", 1]}},
+        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["4", 1]}},
+        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
+        "9": {"class_type": "SaveImage", "inputs": {"filename_prefix": "x", "images": ["8", 0]}}
+    }})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flux_graph_with_a_zeroed_negative_is_refined() {
+    let fake = start_fake(Kind::ComfyUi).await;
+    let (proxy, _) = start_proxy(&fake.url(), |_| {}).await;
+    let text = "a red bicycle leaning on a wall";
+    let mut sent = comfy_graph(text, json!(42));
+    sent["prompt"]["3"]["inputs"]["negative"] = json!(["30", 0]);
+    sent["prompt"]["30"] =
+        json!({"class_type": "ConditioningZeroOut", "inputs": {"conditioning": ["6", 0]}});
+    let got = post_json(proxy.local_addr(), "/prompt", &sent).await;
+    assert_eq!(got.prip(), "refined");
+    assert_eq!(
+        fake.last().json()["prompt"]["6"]["inputs"]["text"],
+        json!(refinement(text, SEED, prip_core::Dialect::ComfyUi))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn equal_texts_in_one_request_get_one_refinement_without_a_seed() {
+    let fake = start_fake(Kind::ComfyUi).await;
+    let (proxy, _) = start_proxy(&fake.url(), |c| c.seed = None).await;
+    let text = "a castle on a hill at dawn";
+    // No seed anywhere: the sampler's seed comes from a primitive, so each draw is random.
+    let mut sent = comfy_graph(text, json!(["40", 0]));
+    sent["prompt"]["40"] = json!({"class_type": "PrimitiveInt", "inputs": {"value": 5}});
+    // SDXL: text_g equal to text_l; and a second encoder node holding the same text.
+    sent["prompt"]["6"] = json!({"class_type": "CLIPTextEncodeSDXL", "inputs": {
+        "width": 1024, "height": 1024, "crop_w": 0, "crop_h": 0, "target_width": 1024,
+        "target_height": 1024, "text_g": text, "text_l": text, "clip": ["4", 1]}});
+    sent["prompt"]["3"]["inputs"]["positive"] = json!(["31", 0]);
+    sent["prompt"]["31"] = json!({"class_type": "ConditioningCombine", "inputs": {
+        "conditioning_1": ["6", 0], "conditioning_2": ["32", 0]}});
+    sent["prompt"]["32"] =
+        json!({"class_type": "CLIPTextEncode", "inputs": {"text": text, "clip": ["4", 1]}});
+    for _ in 0..3 {
+        let got = post_json(proxy.local_addr(), "/prompt", &sent).await;
+        assert_eq!(got.prip(), "refined");
+        let up = fake.last().json();
+        let g = &up["prompt"]["6"]["inputs"]["text_g"];
+        assert_ne!(g, &json!(text));
+        assert_eq!(
+            &up["prompt"]["6"]["inputs"]["text_l"], g,
+            "text_g and text_l agree"
+        );
+        assert_eq!(
+            &up["prompt"]["32"]["inputs"]["text"], g,
+            "both encoders agree"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_fixes_its_seed_refines_the_same_way_every_time() {
+    let fake = start_fake(Kind::A1111).await;
+    let (proxy, _) = start_proxy(&fake.url(), |c| c.seed = None).await;
+    let sent = json!({"prompt": "a lighthouse at dusk", "seed": 1234, "steps": 1});
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        post_json(proxy.local_addr(), "/sdapi/v1/txt2img", &sent).await;
+        seen.push(fake.last().json()["prompt"].clone());
+    }
+    let want = refinement("a lighthouse at dusk", 1234, prip_core::Dialect::A1111);
+    assert_eq!(seen, [json!(want), json!(want)]);
+
+    let comfy = start_fake(Kind::ComfyUi).await;
+    let (proxy, _) = start_proxy(&comfy.url(), |c| c.seed = None).await;
+    let sent = comfy_graph("a lighthouse at dusk", json!(99));
+    post_json(proxy.local_addr(), "/prompt", &sent).await;
+    assert_eq!(
+        comfy.last().json()["prompt"]["6"]["inputs"]["text"],
+        json!(refinement(
+            "a lighthouse at dusk",
+            99,
+            prip_core::Dialect::ComfyUi
+        )),
+        "the sampler's seed seeds the refinement"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_refined_once_is_never_refined_again() {
+    for (kind, path, sent) in [
+        (
+            Kind::ComfyUi,
+            "/prompt",
+            comfy_graph("a red fox in the snow", json!(3)),
+        ),
+        (
+            Kind::A1111,
+            "/sdapi/v1/txt2img",
+            json!({"prompt": "a red fox in the snow", "seed": 3,
+                   "alwayson_scripts": {"PRIP Prompt Refiner": {"args": [true, "", 40, 0.7, -1, true]}}}),
+        ),
+        // Nothing in the body to mark: the proxy's request header says it.
+        (
+            Kind::A1111,
+            "/sdapi/v1/txt2img",
+            json!({"prompt": "a red fox in the snow", "seed": 3}),
+        ),
+    ] {
+        let fake = start_fake(kind).await;
+        let (inner, inner_metrics) = start_proxy(&fake.url(), |_| {}).await;
+        let (outer, _) = start_proxy(&format!("http://{}", inner.local_addr()), |_| {}).await;
+        let got = post_json(outer.local_addr(), path, &sent).await;
+        assert_eq!(got.status, 200);
+        assert_eq!(got.prip(), "refined", "{path}: the outer proxy refines");
+        let once = fake.last();
+        assert_ne!(once.json(), sent);
+        assert_eq!(
+            inner_metrics.reasons(prip_adapters::metrics::Outcome::Skipped, "already_refined"),
+            1,
+            "{path}: the inner proxy leaves it alone"
+        );
+        assert_eq!(once.header("x-prip-refined"), Some("1"));
+        if sent.get("alwayson_scripts").is_some() {
+            let entry = &once.json()["alwayson_scripts"]["PRIP Prompt Refiner"];
+            assert_eq!(entry["args"], json!([false, "", 40, 0.7, -1, true]));
+            assert_eq!(entry["prip_refined"], json!(true));
+        }
+        if kind_is_marked_in_body(path, &sent) {
+            // A body PRIP refined is recognised without the header too (plugins in the
+            // server see only the body).
+            let direct = post_json(inner.local_addr(), path, &once.json()).await;
+            assert_eq!(direct.prip(), "skipped");
+            assert_eq!(direct.headers["x-prip-reason"], "already_refined");
+            assert_eq!(fake.last().json(), once.json());
+        }
+    }
+}
+
+fn kind_is_marked_in_body(path: &str, sent: &Value) -> bool {
+    path == "/prompt" || sent.get("alwayson_scripts").is_some()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refinement_that_adds_nothing_says_why() {
+    let fake = start_fake(Kind::A1111).await;
+    let (proxy, metrics) = start_proxy(&fake.url(), |_| {}).await;
+    // The last chunk already holds CLIP's 75 tokens: no phrase fits.
+    let full = vec!["castle"; 80].join(" ");
+    let sent = json!({"prompt": full, "seed": 1});
+    let got = post_json(proxy.local_addr(), "/sdapi/v1/txt2img", &sent).await;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.prip(), "unchanged");
+    assert_eq!(got.headers["x-prip-reason"], "budget_full");
+    assert_eq!(fake.last().json(), sent, "the original went upstream");
+    assert_eq!(
+        metrics.reasons(prip_adapters::metrics::Outcome::Unchanged, "budget_full"),
+        1
+    );
+    let text = metrics.render();
+    assert!(
+        text.contains("prip_request_reasons_total{outcome=\"unchanged\",reason=\"budget_full\"} 1"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_server_gets_details_where_it_keeps_them() {
+    let prompt = "a red fox in the snow # todo: try a cabin later";
+    let a1111 = start_fake(Kind::A1111).await;
+    let (proxy, _) = start_proxy(&a1111.url(), |_| {}).await;
+    post_json(
+        proxy.local_addr(),
+        "/sdapi/v1/txt2img",
+        &json!({"prompt": prompt}),
+    )
+    .await;
+    let sent = a1111.last().json()["prompt"].as_str().unwrap().to_owned();
+    assert_eq!(sent, refinement(prompt, SEED, prip_core::Dialect::A1111));
+    assert!(
+        sent.starts_with(&format!("{prompt}\n, ")),
+        "A1111 strips the comment's line: details follow on a new line: {sent:?}"
+    );
+
+    let comfy = start_fake(Kind::ComfyUi).await;
+    let (proxy, _) = start_proxy(&comfy.url(), |_| {}).await;
+    post_json(
+        proxy.local_addr(),
+        "/prompt",
+        &comfy_graph(prompt, json!(1)),
+    )
+    .await;
+    let sent = comfy.last().json()["prompt"]["6"]["inputs"]["text"].clone();
+    let want = refinement(prompt, SEED, prip_core::Dialect::ComfyUi);
+    assert_eq!(sent, json!(want));
+    assert!(
+        want.starts_with(&format!("{prompt}, ")),
+        "ComfyUI keeps `#` text: {want:?}"
+    );
 }

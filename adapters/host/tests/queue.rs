@@ -7,7 +7,8 @@ mod support;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
-use prip_adapters::refine::{Prompt, PromptRefiner, RefineQueue};
+use prip_adapters::refine::RefineQueue;
+use prip_core::{Refine, RefineRequest, Refined};
 
 struct Gated {
     inner: prip_core::Refiner,
@@ -16,20 +17,19 @@ struct Gated {
     sizes: Arc<Mutex<Vec<usize>>>,
 }
 
-impl PromptRefiner for Gated {
-    fn refine(&mut self, prompts: &[Prompt]) -> Vec<Result<String, String>> {
-        self.sizes.lock().unwrap().push(prompts.len());
-        self.started.send(prompts.len()).unwrap();
+impl Refine for Gated {
+    fn refine_batch(&mut self, requests: &[RefineRequest]) -> Vec<Result<Refined, String>> {
+        self.sizes.lock().unwrap().push(requests.len());
+        self.started.send(requests.len()).unwrap();
         self.release.lock().unwrap().recv().unwrap();
-        PromptRefiner::refine(&mut self.inner, prompts)
+        self.inner.refine_batch(requests)
     }
 }
 
-fn prompt(text: &str) -> Prompt {
-    Prompt {
-        text: text.into(),
-        system: None,
+fn prompt(text: &str) -> RefineRequest {
+    RefineRequest {
         seed: Some(support::SEED),
+        ..RefineRequest::new(text)
     }
 }
 
@@ -86,7 +86,7 @@ async fn waiting_jobs_are_refined_as_one_batch_and_answered_apart() {
         (&second[1], "a dog"),
         (&third[0], "a lighthouse"),
     ] {
-        let got = got.as_ref().unwrap();
+        let got = &got.as_ref().unwrap().refined;
         assert!(
             got == text || got.starts_with(&format!("{text}, ")),
             "{got:?} for {text:?}"

@@ -12,9 +12,10 @@ use hyper::header::{HeaderValue, CONTENT_LENGTH, TRANSFER_ENCODING};
 use hyper::{Request, Response, StatusCode};
 use prip_protocols as native;
 
-use super::{forward, full, json_error, Body, State, X_PRIP_ADAPTER};
-use crate::metrics::Outcome;
-use crate::refine::Prompt;
+use prip_core::{refiner::distinct, RefineRequest};
+
+use super::{forward, full, json_error, Body, State, X_PRIP_ADAPTER, X_PRIP_REFINED};
+use crate::metrics::{Outcome, Verdict};
 use crate::sandbox::CallError;
 
 /// What the client sent, kept to forward as is when refinement fails.
@@ -58,7 +59,7 @@ pub(super) async fn refine(
     state: &State,
     candidates: Vec<usize>,
     req: Request<Incoming>,
-) -> (Outcome, Response<Body>) {
+) -> (Verdict, Response<Body>) {
     let limit = state.cfg.max_body_bytes;
     let (parts, body) = req.into_parts();
     let declared = parts
@@ -75,7 +76,8 @@ pub(super) async fn refine(
         Err(ReadError::Body(e)) => {
             state.metrics.failure("client_body");
             let msg = format!("reading the request body: {e}");
-            return (Outcome::Error, json_error(StatusCode::BAD_REQUEST, &msg));
+            let verdict = Verdict::new(Outcome::Error, "client_body");
+            return (verdict, json_error(StatusCode::BAD_REQUEST, &msg));
         }
     };
     let original = Original { parts, body };
@@ -86,7 +88,11 @@ pub(super) async fn refine(
             replacements,
             native,
         } => {
-            let mut resp = forward::send(state, original.with_body(body)).await;
+            let mut refined = original.with_body(body);
+            refined
+                .headers_mut()
+                .insert(X_PRIP_REFINED, HeaderValue::from_static("1"));
+            let mut resp = forward::send(state, refined).await;
             let name = state.host.adapters()[adapter].info.name.clone();
             if state.host.adapters()[adapter].info.annotates {
                 resp = annotate(state, adapter, native, replacements, resp).await;
@@ -94,20 +100,20 @@ pub(super) async fn refine(
             if let Ok(v) = HeaderValue::from_str(&name) {
                 resp.headers_mut().insert(X_PRIP_ADAPTER, v);
             }
-            (Outcome::Refined, resp)
+            (Verdict::REFINED, resp)
         }
-        Rewrite::Unchanged(outcome) => {
+        Rewrite::Unchanged(verdict) => {
             let resp = forward::send(state, original.with_body(original.body.clone())).await;
-            (outcome, resp)
+            (verdict, resp)
         }
     }
 }
 
-fn too_large(state: &State, limit: usize) -> (Outcome, Response<Body>) {
+fn too_large(state: &State, limit: usize) -> (Verdict, Response<Body>) {
     state.metrics.failure("body_too_large");
     let msg = format!("request body is larger than the proxy's limit of {limit} bytes");
     (
-        Outcome::Error,
+        Verdict::new(Outcome::Error, "body_too_large"),
         json_error(StatusCode::PAYLOAD_TOO_LARGE, &msg),
     )
 }
@@ -119,11 +125,14 @@ enum Rewrite {
         replacements: Vec<native::Replacement>,
         native: native::Request,
     },
-    Unchanged(Outcome),
+    Unchanged(Verdict),
 }
 
 /// The adapter calls and the refinement; never fails, it reports what to forward.
 async fn rewrite(state: &State, candidates: &[usize], original: &Original) -> Rewrite {
+    if original.parts.headers.contains_key(X_PRIP_REFINED) {
+        return Rewrite::Unchanged(Verdict::new(Outcome::Skipped, "already_refined"));
+    }
     let native = Arc::new(original.native());
     let mut first_error: Option<CallError> = None;
     let mut found = None;
@@ -131,8 +140,11 @@ async fn rewrite(state: &State, candidates: &[usize], original: &Original) -> Re
         let host = state.host.clone();
         let req = native.clone();
         match blocking(move || host.extract(idx, &req)).await {
-            Ok(slots) if !slots.is_empty() => {
-                found = Some((idx, slots));
+            Ok(ex) if ex.refined => {
+                return Rewrite::Unchanged(Verdict::new(Outcome::Skipped, "already_refined"))
+            }
+            Ok(ex) if !ex.slots.is_empty() => {
+                found = Some((idx, ex));
                 break;
             }
             Ok(_) => {}
@@ -141,41 +153,55 @@ async fn rewrite(state: &State, candidates: &[usize], original: &Original) -> Re
             }
         }
     }
-    let Some((idx, slots)) = found else {
+    let Some((idx, extraction)) = found else {
         return match first_error {
             Some(e) => {
                 report(state, &e);
-                Rewrite::Unchanged(Outcome::Error)
+                Rewrite::Unchanged(Verdict::new(Outcome::Error, e.kind.as_str()))
             }
-            None => Rewrite::Unchanged(Outcome::Skipped),
+            None => Rewrite::Unchanged(Verdict::new(Outcome::Skipped, "no_prompts")),
         };
     };
-    let wanted: Vec<native::Slot> = slots
+    let wanted: Vec<native::Slot> = extraction
+        .slots
         .into_iter()
         .filter(|s| state.cfg.polarities.contains(&s.polarity))
         .collect();
     if wanted.is_empty() {
-        return Rewrite::Unchanged(Outcome::Skipped);
+        return Rewrite::Unchanged(Verdict::new(Outcome::Skipped, "no_wanted_prompts"));
     }
     let started = Instant::now();
-    let prompts = wanted
+    // The protocol's dialect names are the refiner's (adapters/wit/adapter.wit).
+    let dialect = state.host.adapters()[idx]
+        .info
+        .dialect
+        .as_str()
+        .parse()
+        .unwrap_or_default();
+    // A request that fixes its image seed gets the same refinement every time.
+    let seed = state.cfg.seed.or(extraction.seed);
+    let requests: Vec<RefineRequest> = wanted
         .iter()
-        .map(|s| Prompt {
-            text: s.text.clone(),
+        .map(|s| RefineRequest {
+            prompt: s.text.clone(),
+            seed,
             system: state.cfg.system.clone(),
-            seed: state.cfg.seed,
+            dialect,
         })
         .collect();
+    // Equal texts in one request get one refinement, so the encoders that read them agree.
+    let (unique, index) = distinct(&requests);
     let results =
-        match tokio::time::timeout(state.cfg.refine_timeout, state.queue.refine(prompts)).await {
+        match tokio::time::timeout(state.cfg.refine_timeout, state.queue.refine(unique)).await {
             Ok(Ok(results)) => results,
             Ok(Err(e)) => {
-                state.metrics.failure(match e {
+                let kind = match e {
                     crate::refine::QueueError::Full => "refine_queue_full",
                     crate::refine::QueueError::Stopped => "refine_stopped",
-                });
+                };
+                state.metrics.failure(kind);
                 tracing::warn!("{e}; forwarding the original request");
-                return Rewrite::Unchanged(Outcome::Error);
+                return Rewrite::Unchanged(Verdict::new(Outcome::Error, kind));
             }
             Err(_) => {
                 state.metrics.failure("refine_timeout");
@@ -183,25 +209,38 @@ async fn rewrite(state: &State, candidates: &[usize], original: &Original) -> Re
                     "refinement took longer than {:?}; forwarding the original request",
                     state.cfg.refine_timeout
                 );
-                return Rewrite::Unchanged(Outcome::Error);
+                return Rewrite::Unchanged(Verdict::new(Outcome::Error, "refine_timeout"));
             }
         };
     let mut replacements = Vec::new();
-    for (slot, result) in wanted.iter().zip(results) {
-        match result {
-            Ok(text) => replacements.push(native::Replacement {
-                id: slot.id.clone(),
-                original: slot.text.clone(),
-                text,
-            }),
-            Err(e) => {
+    let mut not_refined: Option<&'static str> = None;
+    for (slot, &i) in wanted.iter().zip(&index) {
+        match results.get(i) {
+            Some(Ok(r)) if r.outcome == prip_core::Outcome::Refined => {
+                replacements.push(native::Replacement {
+                    id: slot.id.clone(),
+                    original: slot.text.clone(),
+                    text: r.refined.clone(),
+                })
+            }
+            Some(Ok(r)) => {
+                not_refined.get_or_insert(r.outcome.as_str());
+            }
+            Some(Err(e)) => {
                 state.metrics.failure("refine_error");
                 tracing::warn!("refining slot {}: {e}", slot.id);
+            }
+            None => {
+                state.metrics.failure("refine_error");
+                tracing::warn!("refining slot {}: the refiner returned no result", slot.id);
             }
         }
     }
     if replacements.is_empty() {
-        return Rewrite::Unchanged(Outcome::Error);
+        return Rewrite::Unchanged(match not_refined {
+            Some(reason) => Verdict::new(Outcome::Unchanged, reason),
+            None => Verdict::new(Outcome::Error, "refine_error"),
+        });
     }
     state.metrics.refined(replacements.len(), started.elapsed());
     let host = state.host.clone();
@@ -215,7 +254,7 @@ async fn rewrite(state: &State, candidates: &[usize], original: &Original) -> Re
         },
         Err(e) => {
             report(state, &e);
-            Rewrite::Unchanged(Outcome::Error)
+            Rewrite::Unchanged(Verdict::new(Outcome::Error, e.kind.as_str()))
         }
     }
 }

@@ -4,8 +4,9 @@
 //! and the rewritten body sent upstream ([`intercept`]); everything else streams
 //! through unchanged ([`forward`]), WebSocket upgrades included ([`upgrade`]). The proxy
 //! fails open: whatever goes wrong in refinement, the original request goes upstream.
-//! Every answer carries `X-PRIP: refined|skipped|error`; a client sends `X-PRIP: off` to
-//! opt out.
+//! Every answer carries `X-PRIP: refined|unchanged|skipped|error`, and unless refined an
+//! `X-PRIP-Reason` that says why (`model_stopped`, `already_refined`, ...); a client sends
+//! `X-PRIP: off` to opt out.
 
 mod forward;
 mod intercept;
@@ -28,7 +29,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::metrics::{Metrics, Outcome};
+use crate::metrics::{Metrics, Outcome, Verdict};
 use crate::refine::RefineQueue;
 use crate::sandbox::AdapterHost;
 
@@ -41,6 +42,11 @@ pub type Body = BoxBody<Bytes, BoxError>;
 pub const X_PRIP: &str = "x-prip";
 /// The header naming the adapter that handled a refined request.
 pub const X_PRIP_ADAPTER: &str = "x-prip-adapter";
+/// Why a request was not refined (absent when it was, or when no route claimed it).
+pub const X_PRIP_REASON: &str = "x-prip-reason";
+/// Sent upstream with a request the proxy refined, so a second `prip serve` behind it
+/// forwards it untouched even when the body carries no mark of its own.
+pub const X_PRIP_REFINED: &str = "x-prip-refined";
 
 /// Which adapters may claim requests.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -297,17 +303,25 @@ async fn handle(state: Arc<State>, mut req: Request<Incoming>) -> Response<Body>
     } else {
         route(&state, req.method().as_str(), req.uri().path())
     };
-    let (outcome, mut resp) = if upgrade::is_upgrade(&req) {
-        (Outcome::Skipped, upgrade::relay(&state, req).await)
+    let passed = |reason| Verdict {
+        outcome: Outcome::Skipped,
+        reason,
+    };
+    let (verdict, mut resp) = if upgrade::is_upgrade(&req) {
+        (passed(None), upgrade::relay(&state, req).await)
     } else if let Some(candidates) = claimed {
         intercept::refine(&state, candidates, req).await
     } else {
+        let reason = opted_out.then_some("opted_out");
         let req = req.map(|b| b.map_err(BoxError::from).boxed());
-        (Outcome::Skipped, forward::send(&state, req).await)
+        (passed(reason), forward::send(&state, req).await)
     };
-    state.metrics.request(outcome);
-    resp.headers_mut()
-        .insert(X_PRIP, HeaderValue::from_static(outcome.as_str()));
+    state.metrics.request(verdict);
+    let headers = resp.headers_mut();
+    headers.insert(X_PRIP, HeaderValue::from_static(verdict.outcome.as_str()));
+    if let Some(reason) = verdict.reason {
+        headers.insert(X_PRIP_REASON, HeaderValue::from_static(reason));
+    }
     resp
 }
 

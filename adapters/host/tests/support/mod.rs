@@ -362,10 +362,17 @@ pub fn tiny_refiner() -> prip_core::Refiner {
 
 /// What the proxy should send upstream for `prompt`.
 pub fn expected_refinement(prompt: &str) -> String {
-    let mut r = tiny_refiner();
-    let mut req = prip_core::RefineRequest::new(prompt);
-    req.seed = Some(SEED);
-    r.refine(&[req]).remove(0).unwrap().refined
+    refinement(prompt, SEED, prip_core::Dialect::default())
+}
+
+/// The tiny refiner's refinement of `prompt` with `seed`, read as `dialect`.
+pub fn refinement(prompt: &str, seed: u64, dialect: prip_core::Dialect) -> String {
+    let req = prip_core::RefineRequest {
+        seed: Some(seed),
+        dialect,
+        ..prip_core::RefineRequest::new(prompt)
+    };
+    tiny_refiner().refine(&[req]).remove(0).unwrap().refined
 }
 
 /// A proxy in front of `upstream` with the tiny refiner; `tune` adjusts the config.
