@@ -71,7 +71,8 @@ class PripPromptRefiner:
     ) -> dict[str, Any]:
         if not enabled:
             return {"ui": {"prip": ["PRIP: off"]}, "result": (text, seed)}
-        request: dict[str, Any] = {"prompt": text, "seed": seed}
+        # ComfyUI renders `#` as text: no comments to keep details out of.
+        request: dict[str, Any] = {"prompt": text, "seed": seed, "dialect": "comfyui"}
         if system.strip():
             request["system"] = system.strip()
         try:
@@ -85,7 +86,10 @@ class PripPromptRefiner:
             log.warning(message)
             return {"ui": {"prip": [message], "prip_failed": [True]}, "result": (text, seed)}
         type(self).failed_last = False
-        return {"ui": {"prip": [f"PRIP: refined (seed {seed}, system {result['system']})"]}, "result": (result["refined"], seed)}
+        # Why nothing was added, when nothing was: budget_full, model_stopped, filtered.
+        outcome = result.get("outcome", "refined")
+        said = "refined" if outcome == "refined" else f"not refined: {outcome}"
+        return {"ui": {"prip": [f"PRIP: {said} (seed {seed}, system {result['system']})"]}, "result": (result["refined"], seed)}
 
 
 NODE_CLASS_MAPPINGS = {"PripPromptRefiner": PripPromptRefiner}

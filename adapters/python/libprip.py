@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 ABI_MAJOR = 1
-# prip_rewrite arrived in ABI 1.1.
-ABI_MINOR = 1
+# prip_rewrite arrived in ABI 1.1; "dialect" in requests and "outcome" in results in 1.2.
+ABI_MINOR = 2
 LIBRARY_NAME = {"win32": "prip_abi.dll", "darwin": "libprip_abi.dylib"}.get(sys.platform, "libprip_abi.so")
 
 

@@ -3,7 +3,8 @@ when enabled, refines the prompts of every generation (and the hires-fix prompts
 the Rust refiner through its C ABI, before extra networks are parsed.
 
 From the API: "alwayson_scripts": {"prip prompt refiner": {"args": [true, "", 40, 0.7, -1, true]}}
-with the arguments in the order of ui() below.
+with the arguments in the order of ui() below. Every image's infotext says what happened:
+"PRIP: refined", or "PRIP: not refined: <why>".
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 import gradio as gr
 from modules import scripts, shared
@@ -27,6 +28,7 @@ from libprip import Cache, PripError  # noqa: E402 - needs the extension folder 
 REFINERS = Cache()
 log = logging.getLogger("prip")
 TITLE = "PRIP Prompt Refiner"
+MAX_SEED = (1 << 64) - 1
 
 
 def option(name: str) -> str | None:
@@ -57,61 +59,171 @@ class PripScript(scripts.Script):
         self.infotext_fields = [(system, "PRIP system")]
         return [enabled, system, max_new_tokens, creativity, seed, hires]
 
-    def process(
-        self, p: Any, enabled: bool, system: str, max_new_tokens: float, creativity: float, seed: float, hires: bool
-    ) -> None:
-        if not enabled:
-            return
-        fixed_seed = int(seed) if seed is not None and int(seed) >= 0 else None
+    def process(self, p: Any, enabled: Any, system: Any, max_new_tokens: Any, creativity: Any, seed: Any, hires: Any) -> None:
+        """The arguments come from the UI or, as any JSON, from alwayson_scripts; nothing
+        here raises: on any failure the prompts stay as written and the infotext says why."""
         try:
-            refine_prompts(p, (system or "").strip(), int(max_new_tokens), float(creativity), fixed_seed, bool(hires))
+            if not switch("enabled", enabled):
+                return
+            refine_prompts(p, settings(system, max_new_tokens, creativity, seed, hires))
         except PripError as e:
             fail(p, str(e))
         except Exception as e:  # noqa: BLE001 - a plugin must never fail the user's generation
             fail(p, f"internal error: {e!r}")
 
+    def before_process_batch(self, p: Any, *args: Any, **kwargs: Any) -> None:
+        # txt2img's init() runs after process() and sets A1111's own "Hires prompt",
+        # which reads p.all_hr_prompts at the position in the batch: every batch after
+        # the first would show the first batch's hires prompts. Ours reads the image's.
+        if "PRIP" in p.extra_generation_params and getattr(p, "enable_hr", False) and getattr(p, "all_hr_prompts", None):
+            p.extra_generation_params["Hires prompt"] = hires_prompt
+
+
+class ArgumentError(PripError):
+    """An argument of the extension that is not what ui() gives."""
+
+
+def switch(name: str, value: Any) -> bool:
+    """A checkbox: true/false, or "true"/"false" in any case (as some API clients send)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise ArgumentError(f"{name} must be true or false, not {value!r}")
+
+
+def number(value: Any) -> Any:
+    """A number as given, or parsed from a string; anything else as it is."""
+    if isinstance(value, str):
+        for kind in (int, float):
+            try:
+                return kind(value.strip())
+            except ValueError:
+                pass
+    return value
+
+
+def integer(name: str, value: Any, low: int, high: int) -> int:
+    n = number(value)
+    if isinstance(n, float) and n.is_integer():
+        n = int(n)
+    if isinstance(n, bool) or not isinstance(n, int) or not low <= n <= high:
+        raise ArgumentError(f"{name} must be an integer from {low} to {high}, not {value!r}")
+    return n
+
+
+def real(name: str, value: Any, low: float, high: float) -> float:
+    n = number(value)
+    # NaN is in no range.
+    if isinstance(n, bool) or not isinstance(n, (int, float)) or not low <= n <= high:
+        raise ArgumentError(f"{name} must be a number from {low} to {high}, not {value!r}")
+    return float(n)
+
+
+# A NamedTuple, not a dataclass: the web UI loads scripts without registering them in
+# sys.modules, which dataclasses need.
+class Settings(NamedTuple):
+    system: str
+    max_new_tokens: int
+    creativity: float
+    # None: each image's own seed.
+    seed: int | None
+    hires: bool
+
+
+def settings(system: Any, max_new_tokens: Any, creativity: Any, seed: Any, hires: Any) -> Settings:
+    if not isinstance(system, str):
+        raise ArgumentError(f"system must be a string, not {system!r}")
+    fixed = integer("seed", seed, -1, MAX_SEED)
+    return Settings(
+        system.strip(),
+        integer("max_new_tokens", max_new_tokens, 1, 256),
+        real("creativity", creativity, 0.0, 2.0),
+        None if fixed == -1 else fixed,
+        switch("hires", hires),
+    )
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.split())
+
 
 def fail(p: Any, reason: str) -> None:
-    """The prompts stay as written; the reason shows under the image and in the log."""
+    """The prompts stay as written; the reason goes to every image's infotext (what API
+    clients get back), under the image in the web UI, and to the log."""
+    reason = one_line(reason)
     message = f"PRIP: not refined, the prompts are used as written: {reason}"
     log.warning(message)
     p.comment(message)
+    p.extra_generation_params["PRIP"] = f"not refined: {reason}"
 
 
-def refine_prompts(p: Any, system: str, max_new_tokens: int, creativity: float, seed: int | None, hires: bool) -> None:
+def refine_prompts(p: Any, s: Settings) -> None:
     """Refines p.all_prompts (and p.all_hr_prompts) in place as one batch. A prompt and
     its hires prompt that were equal stay equal: same text and seed refine the same."""
     lists = [p.all_prompts]
-    if hires and getattr(p, "enable_hr", False) and getattr(p, "all_hr_prompts", None):
+    if s.hires and getattr(p, "enable_hr", False) and getattr(p, "all_hr_prompts", None):
         lists.append(p.all_hr_prompts)
-    seeds = [seed if seed is not None else p.all_seeds[i] for i in range(len(p.all_prompts))]
-    places: dict[tuple[str, int], list[tuple[list[str], int]]] = {}
-    for prompts in lists:
+    seeds = [s.seed if s.seed is not None else p.all_seeds[i] for i in range(len(p.all_prompts))]
+    places: dict[tuple[str, int], list[tuple[int, int]]] = {}
+    for which, prompts in enumerate(lists):
         for i, text in enumerate(prompts):
-            places.setdefault((text, seeds[i]), []).append((prompts, i))
-    requests: list[dict[str, Any]] = [{"prompt": text, "seed": s} for text, s in places]
-    if system:
+            places.setdefault((text, seeds[i]), []).append((which, i))
+    # A1111/Forge strip `#` comments: details must land outside them.
+    requests: list[dict[str, Any]] = [{"prompt": text, "seed": seed, "dialect": "a1111"} for text, seed in places]
+    if s.system:
         for r in requests:
-            r["system"] = system
+            r["system"] = s.system
     config = {"model": option("model") or "default", "device": option("device") or "auto"}
     refiner = REFINERS.get(EXTENSION_DIR, config, option("lib"))
-    results = refiner.refine(requests, {"max_new_tokens": max_new_tokens, "temperature": creativity})
+    results = refiner.refine(requests, {"max_new_tokens": s.max_new_tokens, "temperature": s.creativity})
+    # What each image's infotext says: its prompt's outcome, and its hires prompt's
+    # when that differs.
+    said: list[list[str]] = [["", ""] for _ in p.all_prompts]
     used_system = None
     for key, result in zip(places, results):
         if "error" in result:
-            fail(p, f"{key[0][:60]!r}: {result['error']}")
-            continue
-        used_system = result["system"]
-        for prompts, i in places[key]:
-            prompts[i] = result["refined"]
+            status = f"not refined: {one_line(result['error'])}"
+            p.comment(f"PRIP: not refined, the prompt is used as written: {key[0][:60]!r}: {one_line(result['error'])}")
+        else:
+            outcome = result.get("outcome", "refined")
+            status = "refined" if outcome == "refined" else f"not refined: {outcome}"
+            used_system = result["system"]
+        for which, i in places[key]:
+            lists[which][i] = result.get("refined", lists[which][i])
+            said[i][which] = status
+    statuses = [main if hires in ("", main) else f"{main}; hires prompt {hires}" for main, hires in said]
+    p.extra_generation_params["PRIP"] = statuses[0] if len(set(statuses)) == 1 else per_image(statuses)
     if used_system is None:
         return
     p.main_prompt = p.all_prompts[0]
-    p.extra_generation_params["PRIP"] = "refined"
-    # Called by create_infotext per image (lists there are indexed per batch, not per job).
-    p.extra_generation_params["PRIP seed"] = seed if seed is not None else image_seed
+    p.extra_generation_params["PRIP seed"] = s.seed if s.seed is not None else image_seed
     p.extra_generation_params["PRIP system"] = used_system
 
 
-def image_seed(all_seeds: list[int], index: int, **_: Any) -> int:
-    return all_seeds[index]
+def job_index(p: Any, index: int, all_prompts: list[str], use_main_prompt: bool = False, **_: Any) -> int:
+    """The image's place in the job. create_infotext's `index` is the place in the batch
+    when it writes an image's infotext (all_prompts is then the batch's p.prompts), and
+    the place in the job when it is given the job's lists (params.txt, images saved
+    before hires fix)."""
+    if use_main_prompt or len(all_prompts) == len(p.all_prompts):
+        return index
+    return int(p.iteration) * int(p.batch_size) + index
+
+
+def per_image(values: list[str]) -> Callable[..., str]:
+    def value(**infotext: Any) -> str:
+        return values[job_index(**infotext)]
+
+    return value
+
+
+def hires_prompt(p: Any, prompt_text: str, **infotext: Any) -> str | None:
+    """A1111's get_hr_prompt, at the image's place in the job."""
+    hr: str = p.all_hr_prompts[job_index(p, **infotext)]
+    return hr if hr != prompt_text else None
+
+
+def image_seed(p: Any, **infotext: Any) -> int:
+    seed: int = p.all_seeds[job_index(p, **infotext)]
+    return seed

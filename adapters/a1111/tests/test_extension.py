@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -11,19 +12,22 @@ from typing import Any
 
 import pytest
 from conftest import EXTENSION_DIR
-from modules import processing, scripts
-from plugin_testing import direct, fixture
+import libprip
+from modules import infotext_utils, processing, scripts
+from plugin_testing import direct, fixture, spy_refine
 
 PROMPT = "a (red:1.2) fox <lora:foxy:0.8> in the snow"
 
 
-def txt2img(runner: scripts.ScriptRunner, args: list[Any] | None, **changes: Any) -> dict[str, Any]:
+def txt2img(runner: scripts.ScriptRunner, args: list[Any] | None, entry: dict[str, Any] | None = None, **changes: Any) -> dict[str, Any]:
     """POST /sdapi/v1/txt2img with the recorded hires request, PRIP's args under
-    alwayson_scripts (absent when None)."""
+    alwayson_scripts (absent when None), or its whole ``entry`` there."""
     request = fixture("a1111/txt2img_hires_response.json")["parameters"]
     request.update({"prompt": PROMPT, "hr_prompt": "", "alwayson_scripts": {}, **changes})
     if args is not None:
-        request["alwayson_scripts"] = {"prip prompt refiner": {"args": args}}
+        entry = {"args": args}
+    if entry is not None:
+        request["alwayson_scripts"] = {"prip prompt refiner": entry}
     p = processing.StableDiffusionProcessingTxt2Img(**{k: v for k, v in request.items() if k in ("prompt", "negative_prompt", "seed", "batch_size", "n_iter", "steps", "cfg_scale", "width", "height", "sampler_name", "enable_hr", "hr_prompt", "hr_negative_prompt")})
     p.scripts = runner
     p.script_args = runner.api_args(request["alwayson_scripts"])
@@ -92,7 +96,9 @@ def test_a_failing_refiner_keeps_the_prompts_and_says_why(webui: scripts.ScriptR
     assert info["p"].all_hr_prompts == [PROMPT, PROMPT]
     assert info["comments"].startswith("PRIP: not refined, the prompts are used as written: ")
     assert "/no/such/model" in info["comments"]
-    assert "PRIP" not in info["infotexts"][0]
+    # The reason reaches API clients too: Forge's info has no comments.
+    assert 'PRIP: "not refined: ' in info["infotexts"][0]
+    assert "PRIP seed" not in info["infotexts"][0]
 
     # A prompt the refiner refuses is kept; the other images are refined.
     monkeypatch.setattr(shared.cmd_opts, "prip_model", os.environ["PRIP_MODEL"])
@@ -113,3 +119,150 @@ def test_install_finds_the_library_and_explains_when_it_cannot(tmp_path: Path) -
     alone = subprocess.run([sys.executable, str(copy / "install.py")], env=env, capture_output=True, text=True, check=True)
     assert "no libprip_abi.so found" in alone.stdout
     assert "is not inside a PRIP checkout" in alone.stdout
+
+
+def parsed(info: dict[str, Any], i: int) -> dict[str, Any]:
+    """Image ``i``'s infotext as the web UI reads it back (PNG info, API `infotext`)."""
+    return infotext_utils.parse_generation_parameters(info["infotexts"][i])
+
+
+def api_info(info: dict[str, Any]) -> dict[str, Any]:
+    """The `info` an API client gets."""
+    answer: dict[str, Any] = json.loads(info["info"])
+    return answer
+
+
+def test_the_fake_answers_the_info_the_recorded_server_does(webui: scripts.ScriptRunner) -> None:
+    recorded = json.loads(fixture("a1111/txt2img_hires_response.json")["info"])
+    assert "comments" not in recorded
+    assert set(api_info(txt2img(webui, None))) <= set(recorded)
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        # What `prip serve` writes into a body it refined, in full and short.
+        {"args": [False, "", 40, 0.7, -1, True], "prip_refined": True},
+        {"args": [False], "prip_refined": True},
+        {"args": ["false"]},
+        {"args": ["FALSE", "", 40, 0.7, -1, True]},
+    ],
+)
+def test_switched_off_nothing_is_refined(webui: scripts.ScriptRunner, monkeypatch: pytest.MonkeyPatch, entry: dict[str, Any]) -> None:
+    seen = spy_refine(monkeypatch, libprip.Refiner)
+    info = txt2img(webui, None, entry=entry)
+    assert seen == []
+    assert info["all_prompts"] == [PROMPT, PROMPT]
+    assert info["p"].all_hr_prompts == [PROMPT, PROMPT]
+    assert all("PRIP" not in text for text in info["infotexts"])
+    assert info["comments"] == ""
+
+
+def test_switches_and_numbers_may_come_as_strings(webui: scripts.ScriptRunner) -> None:
+    info = txt2img(webui, ["TRUE", " ", "8", "0.7", "42", "false"])
+    refined = direct(PROMPT, 42, max_new_tokens=8, temperature=0.7)
+    assert info["all_prompts"] == [refined, refined]
+    assert info["p"].all_hr_prompts == [PROMPT, PROMPT]
+    assert [parsed(info, i)["PRIP"] for i in range(2)] == ["refined", "refined"]
+
+
+@pytest.mark.parametrize(
+    ("args", "reason"),
+    [
+        (["yes"], "enabled must be true or false, not 'yes'"),
+        ([1], "enabled must be true or false, not 1"),
+        ([None], "enabled must be true or false, not None"),
+        ([True, None], "system must be a string, not None"),
+        ([True, "", "abc"], "max_new_tokens must be an integer from 1 to 256, not 'abc'"),
+        ([True, "", 0], "max_new_tokens must be an integer from 1 to 256, not 0"),
+        ([True, "", 257], "max_new_tokens must be an integer from 1 to 256, not 257"),
+        ([True, "", 8.5], "max_new_tokens must be an integer from 1 to 256, not 8.5"),
+        ([True, "", True], "max_new_tokens must be an integer from 1 to 256, not True"),
+        ([True, "", 8, "abc"], "creativity must be a number from 0.0 to 2.0, not 'abc'"),
+        ([True, "", 8, 2.5], "creativity must be a number from 0.0 to 2.0, not 2.5"),
+        ([True, "", 8, float("nan")], "creativity must be a number from 0.0 to 2.0, not nan"),
+        ([True, "", 8, 0.7, "abc"], "seed must be an integer from -1 to 18446744073709551615, not 'abc'"),
+        ([True, "", 8, 0.7, -2], "seed must be an integer from -1 to 18446744073709551615, not -2"),
+        ([True, "", 8, 0.7, 1.5], "seed must be an integer from -1 to 18446744073709551615, not 1.5"),
+        ([True, "", 8, 0.7, -1, "yes"], "hires must be true or false, not 'yes'"),
+    ],
+)
+def test_a_bad_argument_keeps_the_prompts_and_every_image_says_why(
+    webui: scripts.ScriptRunner, monkeypatch: pytest.MonkeyPatch, args: list[Any], reason: str
+) -> None:
+    seen = spy_refine(monkeypatch, libprip.Refiner)
+    info = txt2img(webui, args)
+    assert seen == []
+    assert info["all_prompts"] == [PROMPT, PROMPT]
+    assert info["p"].all_hr_prompts == [PROMPT, PROMPT]
+    for i in range(2):
+        assert parsed(info, i)["PRIP"] == f"not refined: {reason}"
+    assert api_info(info)["extra_generation_params"]["PRIP"] == f"not refined: {reason}"
+    assert info["comments"] == f"PRIP: not refined, the prompts are used as written: {reason}\n"
+
+
+def test_a_reason_with_commas_colons_and_quotes_reads_back_from_the_infotext(
+    webui: scripts.ScriptRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from modules import shared
+
+    model = '/no/such/model, really: "this one"'
+    monkeypatch.setattr(shared.cmd_opts, "prip_model", model)
+    info = txt2img(webui, [True, "", 8, 0.7, -1, True])
+    for i, text in enumerate(info["infotexts"]):
+        assert len(text.split("\n")) == 3
+        back = parsed(info, i)
+        assert back["PRIP"].startswith("not refined: ") and model in back["PRIP"]
+        assert (back["Prompt"], back["Negative prompt"]) == (PROMPT, "blurry")
+        assert (back["Seed"], back["Version"]) == (str(info["all_seeds"][i]), processing.VERSION)
+
+
+def test_when_nothing_was_added_the_infotext_says_why(webui: scripts.ScriptRunner, monkeypatch: pytest.MonkeyPatch) -> None:
+    spy_refine(monkeypatch, libprip.Refiner, outcome="budget_full")
+    info = txt2img(webui, [True, "", 8, 0.7, -1, True])
+    assert info["all_prompts"] == [PROMPT, PROMPT]
+    assert [parsed(info, i)["PRIP"] for i in range(2)] == ["not refined: budget_full"] * 2
+    assert api_info(info)["extra_generation_params"]["PRIP"] == "not refined: budget_full"
+
+
+def test_each_image_says_its_own_outcome(webui: scripts.ScriptRunner, monkeypatch: pytest.MonkeyPatch) -> None:
+    stopped = 3919858964 + 3
+    spy_refine(monkeypatch, libprip.Refiner, outcome="model_stopped", where=lambda r: r["seed"] == stopped)
+    info = txt2img(webui, [True, "", 8, 0.7, -1, True], n_iter=3, enable_hr=False)
+    assert info["all_seeds"][3] == stopped and info["all_prompts"][3] == PROMPT
+    said = [parsed(info, i)["PRIP"] for i in range(6)]
+    assert said == ["refined"] * 3 + ["not refined: model_stopped"] + ["refined"] * 2
+
+
+def test_prompts_are_read_as_a1111_reads_them(webui: scripts.ScriptRunner, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A1111/Forge strip `#` comments to the end of the line: details must not land there.
+    seen = spy_refine(monkeypatch, libprip.Refiner)
+    prompt = "a fox # in the snow"
+    info = txt2img(webui, [True, "", 8, 0.7, 42, True], prompt=prompt, enable_hr=False)
+    assert {r["dialect"] for r in seen[0]} == {"a1111"}
+    assert info["all_prompts"][0] == direct(prompt, 42, dialect="a1111", max_new_tokens=8, temperature=0.7)
+
+
+def test_every_batch_shows_its_own_hires_prompt(webui: scripts.ScriptRunner) -> None:
+    info = txt2img(webui, [True, "", 8, 0.7, -1, True], hr_prompt="a fox, detailed", n_iter=3)
+    p, seeds = info["p"], info["all_seeds"]
+    assert len(info["infotexts"]) == 6
+    assert p.all_hr_prompts[2] != p.all_hr_prompts[0]
+    for i in range(6):
+        back = parsed(info, i)
+        assert back["Prompt"] == info["all_prompts"][i]
+        assert back["Hires prompt"] == p.all_hr_prompts[i]
+        assert p.all_hr_prompts[i].startswith("a fox, detailed") and p.all_hr_prompts[i] != "a fox, detailed"
+        assert back["PRIP seed"] == str(seeds[i])
+    # The callers that pass the job's lists (params.txt, images saved before the hires
+    # pass) see the image they ask for too.
+    job = processing.create_infotext(p, p.all_prompts, p.all_seeds, p.all_subseeds, iteration=2, position_in_batch=1)
+    assert infotext_utils.parse_generation_parameters(job)["Hires prompt"] == p.all_hr_prompts[5]
+
+
+def test_hires_prompts_equal_to_the_prompts_stay_unmentioned_in_every_batch(webui: scripts.ScriptRunner) -> None:
+    info = txt2img(webui, [True, "", 8, 0.7, -1, True], n_iter=3)
+    assert info["p"].all_hr_prompts == info["all_prompts"]
+    assert info["all_prompts"][2] != info["all_prompts"][0]
+    assert all("Hires prompt" not in text for text in info["infotexts"])
+

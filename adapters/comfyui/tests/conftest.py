@@ -159,6 +159,7 @@ def comfy(monkeypatch: pytest.MonkeyPatch) -> Iterator[types.SimpleNamespace]:
             package=package,
             nodes=sys.modules[f"{MODULE_NAME}.nodes"],
             hooks=sys.modules[f"{MODULE_NAME}.server_hooks"],
+            libprip=sys.modules[f"{MODULE_NAME}.libprip"],
         )
     finally:
         sys.modules[f"{MODULE_NAME}.nodes"].REFINERS.unload()

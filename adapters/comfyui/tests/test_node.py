@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from conftest import execute, node_info
-from plugin_testing import direct, fixture
+from plugin_testing import direct, fixture, spy_refine
 
 
 def inputs(**changes: object) -> dict[str, object]:
@@ -116,6 +116,8 @@ def test_auto_mode_refines_the_positive_prompts_of_queued_workflows(comfy: types
     assert positive != body["prompt"]["6"]["inputs"]["text"]
     assert queued["prompt"]["7"]["inputs"]["text"] == "blurry"
     queued["prompt"]["6"]["inputs"]["text"] = body["prompt"]["6"]["inputs"]["text"]
+    # Marked refined, so `prip serve` or another handler does not refine it again.
+    assert "extra_data" not in body and queued.pop("extra_data") == {"prip": {"refined": True}}
     assert queued == body
 
     # A workflow that already uses the node is left alone.
@@ -155,3 +157,34 @@ def test_auto_mode_settings_are_checked(comfy: types.SimpleNamespace) -> None:
     assert comfy.server.call("POST", "/prip/auto", "[1, 2]").status == 400
     assert comfy.server.call("POST", "/prip/auto", "{not json").status == 400
     assert comfy.server.call("GET", "/prip/auto").data["enabled"] is False
+
+
+def test_the_node_reads_prompts_as_comfyui_does(comfy: types.SimpleNamespace, monkeypatch: pytest.MonkeyPatch) -> None:
+    # ComfyUI has no comments: `#` is text the model may write around.
+    node = comfy.package.NODE_CLASS_MAPPINGS["PripPromptRefiner"]
+    seen = spy_refine(monkeypatch, comfy.libprip.Refiner)
+    text = "a cat # on a mat"
+    (refined, _), ui = execute(node, inputs(text=text))
+    assert [r["dialect"] for r in seen[0]] == ["comfyui"]
+    assert "prip_failed" not in ui
+    assert refined == direct(text, 7, dialect="comfyui", max_new_tokens=8, temperature=0.7)
+
+
+@pytest.mark.parametrize("outcome", ["budget_full", "model_stopped", "filtered"])
+def test_the_node_says_why_nothing_was_added(comfy: types.SimpleNamespace, monkeypatch: pytest.MonkeyPatch, outcome: str) -> None:
+    node = comfy.package.NODE_CLASS_MAPPINGS["PripPromptRefiner"]
+    spy_refine(monkeypatch, comfy.libprip.Refiner, outcome=outcome)
+    (text, seed), ui = execute(node, inputs())
+    assert (text, seed) == ("a little cat running in the woods", 7)
+    assert ui["prip"][0].startswith(f"PRIP: not refined: {outcome} (seed 7")
+    # Not a failure: the same inputs give the same answer, so ComfyUI may cache it.
+    assert "prip_failed" not in ui
+    assert node.IS_CHANGED(**inputs()) == node.IS_CHANGED(**inputs())
+
+
+def test_auto_mode_leaves_a_workflow_the_proxy_refined(comfy: types.SimpleNamespace) -> None:
+    # `prip serve` in front of ComfyUI marks what it refined; the handler sees it too.
+    comfy.server.call("POST", "/prip/auto", {"enabled": True, "seed": 7, "max_new_tokens": 8})
+    body = fixture("comfyui/prompt_request_txt2img_api.json")
+    body.setdefault("extra_data", {})["prip"] = {"refined": True}
+    assert comfy.server.trigger_on_prompt(copy.deepcopy(body)) == body

@@ -1,7 +1,18 @@
 // PRIP Prompt Refiner in the ComfyUI front end: failures as toasts, an unload button on
 // the node, and the auto mode switch as a setting.
+//
+// Auto mode lives on the server (PRIP_AUTO=1, POST /prip/auto from any client), so the
+// setting only mirrors it: on page load it shows what GET /prip/auto says, and only a
+// change the user makes that differs from the server's state is POSTed. The front end
+// also calls onChange when the setting is registered and when setup() syncs it; neither
+// may reach the server, or opening the page would overwrite the server's state.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
+
+const SETTING = "PRIP.AutoRefine";
+// The server's auto mode as last read or written: undefined until setup() has asked,
+// null when it could not be read (then a change is sent as it is).
+let server;
 
 function tell(message) {
   const toast = app.extensionManager?.toast;
@@ -9,24 +20,45 @@ function tell(message) {
   else console.warn(message);
 }
 
-function setAuto(enabled) {
-  api.fetchApi("/prip/auto", { method: "POST", body: JSON.stringify({ enabled: !!enabled }) });
+async function autoMode(init) {
+  const res = await api.fetchApi("/prip/auto", init);
+  const data = await res.json();
+  if (!res.ok) throw new Error(data?.error ?? `/prip/auto answered ${res.status}`);
+  return !!data.enabled;
+}
+
+async function onChange(value) {
+  const enabled = !!value;
+  if (server === undefined || enabled === server) return;
+  try {
+    server = await autoMode({ method: "POST", body: JSON.stringify({ enabled }) });
+  } catch (e) {
+    tell(`PRIP: auto mode not switched: ${e.message}`);
+  }
 }
 
 app.registerExtension({
   name: "prip.refiner",
   settings: [
     {
-      id: "PRIP.AutoRefine",
+      id: SETTING,
       name: "PRIP: refine the positive prompts of every queued workflow",
       type: "boolean",
       defaultValue: false,
-      onChange: setAuto,
+      onChange,
     },
   ],
-  setup() {
+  async setup() {
     api.addEventListener("prip.status", ({ detail }) => tell(detail.message));
-    setAuto(app.extensionManager?.setting?.get("PRIP.AutoRefine") ?? false);
+    let state = null;
+    try {
+      state = await autoMode();
+    } catch (e) {
+      tell(`PRIP: could not read auto mode: ${e.message}`);
+    }
+    server = state;
+    // Equal to the server's state, so onChange sends nothing.
+    if (state !== null) await app.extensionManager?.setting?.set(SETTING, state);
   },
   async beforeRegisterNodeDef(nodeType, nodeData) {
     if (nodeData.name !== "PripPromptRefiner") return;

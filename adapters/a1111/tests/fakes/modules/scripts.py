@@ -1,6 +1,7 @@
 """modules.scripts: the Script base class, and the runner that builds always-on
-scripts' UIs, maps API alwayson_scripts args onto them and calls process(), as the web
-UI's ScriptRunner and api.init_script_args do."""
+scripts' UIs, maps API alwayson_scripts args onto them and calls their process(),
+before_process_batch() and process_batch() hooks, as the web UI's ScriptRunner and
+api.init_script_args do."""
 
 from __future__ import annotations
 
@@ -30,6 +31,12 @@ class Script:
         return []
 
     def process(self, p: Any, *args: Any) -> None:
+        pass
+
+    def before_process_batch(self, p: Any, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def process_batch(self, p: Any, *args: Any, **kwargs: Any) -> None:
         pass
 
     def elem_id(self, item_id: str) -> str:
@@ -77,9 +84,19 @@ class ScriptRunner:
                 args[script.args_from + i] = given[i]
         return args
 
+    # The web UI reports an exception from a script's hook in its log and goes on; here
+    # it fails the test, as the extension must not raise.
     def process(self, p: Any) -> None:
         for script in self.alwayson_scripts:
             script.process(p, *p.script_args[script.args_from : script.args_to])
+
+    def before_process_batch(self, p: Any, **kwargs: Any) -> None:
+        for script in self.alwayson_scripts:
+            script.before_process_batch(p, *p.script_args[script.args_from : script.args_to], **kwargs)
+
+    def process_batch(self, p: Any, **kwargs: Any) -> None:
+        for script in self.alwayson_scripts:
+            script.process_batch(p, *p.script_args[script.args_from : script.args_to], **kwargs)
 
 
 def components() -> list[Any]:
