@@ -16,10 +16,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let requests: Vec<RefineRequest> = prompts
         .into_iter()
         .map(|p| RefineRequest {
-            prompt: p,
             seed: Some(7),
-            system: None,
-            dialect: Default::default(),
+            ..RefineRequest::new(p)
         })
         .collect();
     for result in refiner.refine(&requests) {

@@ -56,7 +56,7 @@ impl Engine {
                 Ok(refiner
                     .refine_with(requests, &gen)
                     .into_iter()
-                    .map(|r| r.map_err(|e| crate::one_line(&e.to_string())))
+                    .map(|r| r.map_err(|e| prip_core::error::one_line(&e.to_string())))
                     .collect())
             }
             Self::Library(refiner) => {
@@ -74,7 +74,7 @@ impl Refine for Engine {
         match Engine::refine(self, requests, &GenerationPatch::default()) {
             Ok(results) => results,
             Err(e) => {
-                let msg = crate::one_line(&format!("{e:#}"));
+                let msg = prip_core::error::one_line(&format!("{e:#}"));
                 requests.iter().map(|_| Err(msg.clone())).collect()
             }
         }

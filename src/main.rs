@@ -40,7 +40,7 @@ enum Command {
         #[command(subcommand)]
         command: eval_cmd::EvalCommand,
     },
-    /// Train a PRIP model: warm-up stages and per-system adapters.
+    /// Train a PRIP model: warm-up stages and per-system LoRAs.
     Train {
         #[command(subcommand)]
         command: train_cmd::TrainCommand,
@@ -66,17 +66,9 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("prip: {}", one_line(&format!("{e:#}")));
+            // Error chains can carry backtraces or multi-line causes; the CLI promises one line.
+            eprintln!("prip: {}", prip_core::error::one_line(&format!("{e:#}")));
             ExitCode::FAILURE
         }
     }
-}
-
-/// Error chains can carry backtraces or multi-line causes; the CLI promises one line.
-pub(crate) fn one_line(s: &str) -> String {
-    s.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ")
 }

@@ -28,7 +28,7 @@ pub struct RefineArgs {
     /// PRIP model: a packaged name (default) or a checkpoint directory.
     #[arg(long)]
     pub model: Option<String>,
-    /// Generation system whose decoder adapter to use (e.g. sd15, sdxl); see the model's prip.toml.
+    /// Generation system whose decoder LoRA to use (e.g. sd15, sdxl); see the model's prip.toml.
     #[arg(long)]
     pub system: Option<String>,
     /// Who will read the refined prompt: a1111 (A1111/Forge: `#` starts a comment
@@ -108,10 +108,10 @@ pub fn run(args: RefineArgs, cfg: &Config) -> anyhow::Result<ExitCode> {
                 (
                     i,
                     RefineRequest {
-                        prompt: p.clone(),
                         seed,
                         system: system.clone(),
                         dialect,
+                        ..RefineRequest::new(p.clone())
                     },
                 )
             })

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use prip_adapters::proxy::{AdapterChoice, Proxy, ServeConfig};
-use prip_adapters::refine::RefineQueue;
-use prip_adapters::sandbox::{AdapterHost, Limits};
 use prip_protocols::Polarity;
+use prip_proxy::proxy::{AdapterChoice, Proxy, ServeConfig};
+use prip_proxy::refine::RefineQueue;
+use prip_proxy::sandbox::{AdapterHost, Limits};
 
 use crate::config::{Config, ServeDefaults};
 use crate::engine::Engine;

@@ -38,7 +38,7 @@ pub enum TrainCommand {
         #[arg(long)]
         images: bool,
     },
-    /// Train one generation system's decoder adapter (selectable with `prip refine --system NAME`).
+    /// Train one generation system's decoder LoRA (selectable with `prip refine --system NAME`).
     Adapt {
         /// System name, e.g. sd15, sdxl, flux.
         #[arg(long)]

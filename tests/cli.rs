@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use prip_core::testing;
+use prip_test_support::models;
 use serde_json::Value;
 use tempfile::TempDir;
 
@@ -28,7 +28,7 @@ top_p = 0.95
 ";
 
 fn manifest() -> String {
-    format!("{}{GENERATION}", testing::TINY_MANIFEST)
+    format!("{}{GENERATION}", models::TINY_MANIFEST)
 }
 
 /// A tiny checkpoint and a private `PRIP_HOME`, both deleted on drop.
@@ -40,7 +40,7 @@ struct Fixture {
 impl Fixture {
     fn new() -> Self {
         let ckpt = tempfile::tempdir().unwrap();
-        testing::write_tiny_checkpoint(ckpt.path(), GENERATION).unwrap();
+        models::write_tiny_checkpoint(ckpt.path(), GENERATION).unwrap();
         Self {
             ckpt,
             home: tempfile::tempdir().unwrap(),
@@ -465,12 +465,12 @@ fn edit_json(path: &Path, edit: impl FnOnce(&mut Value)) {
 fn truncated_encoder_weights_are_named() {
     let rel = "enc/model.safetensors";
     assert_refused(
-        |f| testing::corrupt_truncate(&f.file(rel), 1000).unwrap(),
+        |f| models::corrupt_truncate(&f.file(rel), 1000).unwrap(),
         rel,
         &[],
     );
     assert_refused(
-        |f| testing::corrupt_truncate(&f.file(rel), 4).unwrap(),
+        |f| models::corrupt_truncate(&f.file(rel), 4).unwrap(),
         rel,
         &[],
     );
@@ -482,18 +482,18 @@ fn truncated_gguf_is_named() {
         |f| {
             let p = f.file("dec.gguf");
             let len = std::fs::metadata(&p).unwrap().len();
-            testing::corrupt_truncate(&p, len / 2).unwrap()
+            models::corrupt_truncate(&p, len / 2).unwrap()
         },
         "dec.gguf",
         &[],
     );
     assert_refused(
-        |f| testing::corrupt_truncate(&f.file("dec.gguf"), 100).unwrap(),
+        |f| models::corrupt_truncate(&f.file("dec.gguf"), 100).unwrap(),
         "dec.gguf",
         &[],
     );
     assert_refused(
-        |f| testing::corrupt_truncate(&f.file("dec.gguf"), 0).unwrap(),
+        |f| models::corrupt_truncate(&f.file("dec.gguf"), 0).unwrap(),
         "dec.gguf",
         &[],
     );
@@ -708,7 +708,7 @@ fn system_flag_selects_that_systems_lora_adapter() {
     // A strong adapter on every layer's q and v so the sd15 decoder clearly differs.
     let dev = Device::Cpu;
     let mut set: LoraSet = Vec::new();
-    for layer in 0..testing::LAYERS {
+    for layer in 0..models::LAYERS {
         for (target, out) in [("q_proj", 32), ("v_proj", 16)] {
             let a = Tensor::randn(0f32, 1.0, (4, 32), &dev).unwrap();
             let b = Tensor::randn(0f32, 1.0, (out, 4), &dev).unwrap();
@@ -771,7 +771,7 @@ fn packaged_default_refines_reproducibly_from_the_command_line() {
 #[test]
 fn refiner_lib_refines_like_the_built_in_refiner() {
     let f = Fixture::new();
-    let lib = prip_abi::testing::cdylib();
+    let lib = prip_test_support::artifacts::cdylib();
     let lib = lib.to_str().unwrap();
     let args = [
         "--seed",

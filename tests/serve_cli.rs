@@ -7,15 +7,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use prip_core::testing;
+use prip_test_support::models;
 use serde_json::Value;
 
 const PRIP: &str = env!("CARGO_BIN_EXE_prip");
 
 fn fixture(rel: &str) -> String {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/fixtures")
-        .join(rel);
+    let path = prip_test_support::fixtures_dir().join(rel);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
@@ -129,7 +127,7 @@ fn post(addr: &str, path: &str, extra: &str, body: &str) -> (String, Value) {
 #[test]
 fn serve_refines_comfyui_prompts_and_honours_opt_out() {
     let model = tempfile::tempdir().unwrap();
-    testing::write_tiny_checkpoint(model.path(), "").unwrap();
+    models::write_tiny_checkpoint(model.path(), "").unwrap();
     let home = tempfile::tempdir().unwrap();
     let (upstream, bodies) = fake_comfyui();
     let proxy = serve(model.path(), home.path(), &upstream, &[]);
@@ -208,10 +206,10 @@ fn serve_config_mistakes_are_one_line_errors() {
 #[test]
 fn serve_refines_through_a_refiner_library_like_the_built_in_refiner() {
     let model = tempfile::tempdir().unwrap();
-    testing::write_tiny_checkpoint(model.path(), "").unwrap();
+    models::write_tiny_checkpoint(model.path(), "").unwrap();
     let home = tempfile::tempdir().unwrap();
     let request = fixture("comfyui/prompt_request_txt2img_api.json");
-    let lib = prip_abi::testing::cdylib();
+    let lib = prip_test_support::artifacts::cdylib();
     let mut texts = Vec::new();
     for extra in [vec![], vec!["--refiner-lib", lib.to_str().unwrap()]] {
         let (upstream, bodies) = fake_comfyui();

@@ -6,14 +6,14 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use prip_core::testing;
+use prip_test_support::models;
 
 const PRIP: &str = env!("CARGO_BIN_EXE_prip");
 
 fn setup(dir: &Path) {
     let base = dir.join("base");
     std::fs::create_dir_all(&base).unwrap();
-    testing::write_tiny_checkpoint(&base, "").unwrap();
+    models::write_tiny_checkpoint(&base, "").unwrap();
     let lines: Vec<String> = (0..40)
         .map(|i| {
             serde_json::json!({"prompt": format!("subject {i}, detail {}, style {}", i % 7, i % 5)})

@@ -13,6 +13,9 @@ import pytest
 
 from libprip import Refiner
 
+# tests/fixtures of this repository: recordings of real image servers (see its README).
+FIXTURES = Path(__file__).resolve().parents[2] / "tests" / "fixtures"
+
 
 def required_env(name: str) -> str:
     value = os.environ.get(name)
@@ -22,8 +25,8 @@ def required_env(name: str) -> str:
 
 
 def fixture(rel: str) -> Any:
-    """A recording from ../shared/fixtures (PRIP_FIXTURES)."""
-    return json.loads((Path(required_env("PRIP_FIXTURES")) / rel).read_text())
+    """A recording from the repository's tests/fixtures."""
+    return json.loads((FIXTURES / rel).read_text())
 
 
 def direct(prompt: str, seed: int, dialect: str | None = None, **generation: Any) -> str:

@@ -1,6 +1,6 @@
 //! The PRIP checkpoint: a directory holding prip.toml (architecture, base models by name
 //! and sha256, template, generation defaults, systems) and safetensors for the trained
-//! parts: the head (pivot former + projection) and one LoRA adapter per system.
+//! parts: the head (pivot former + projection) and one decoder LoRA per system.
 //! The format is documented in docs/checkpoint.md.
 
 use std::collections::BTreeMap;
@@ -21,8 +21,13 @@ pub const FORMAT_VERSION: u32 = 1;
 /// The name of the manifest inside a checkpoint directory.
 pub const MANIFEST: &str = "prip.toml";
 
-/// The system that uses the decoder without any adapter; always available.
+/// The system that uses the decoder without any LoRA; always available.
 pub const BASE_SYSTEM: &str = "base";
+
+/// Prefix of the pivot former's tensors in the head's safetensors.
+pub const FORMER_PREFIX: &str = "pivot_former";
+/// Prefix of the pivot projection's tensors in the head's safetensors.
+pub const PROJECTION_PREFIX: &str = "projection";
 
 /// A base model: a model-store asset name or a path relative to the checkpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -61,9 +66,10 @@ impl Default for HeadConfig {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SystemConfig {
-    /// LoRA adapter file relative to the checkpoint; none means the base decoder.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub adapter: Option<String>,
+    /// LoRA file relative to the checkpoint; none means the bare decoder. Read from
+    /// `adapter` too, the key's name before PRIP 0.2.
+    #[serde(skip_serializing_if = "Option::is_none", alias = "adapter")]
+    pub lora: Option<String>,
     /// Token budget of that system's text encoder for one chunk (default: CLIP's 75).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub budget: Option<usize>,
@@ -96,13 +102,13 @@ pub struct Manifest {
     /// The trained head.
     #[serde(default)]
     pub head: HeadConfig,
-    /// Shape of the per-system adapters.
+    /// Shape of the per-system LoRAs.
     #[serde(default)]
     pub lora: LoraConfig,
     /// System used when a request names none.
     #[serde(default = "default_system")]
     pub default_system: String,
-    /// Per-system adapters and budgets.
+    /// Per-system LoRAs and budgets.
     #[serde(default)]
     pub systems: BTreeMap<String, SystemConfig>,
 }
@@ -144,10 +150,10 @@ impl Manifest {
         if name == BASE_SYSTEM {
             return Ok(SystemConfig::default());
         }
-        Err(Error::Config(format!(
-            "unknown system {name:?} (this model has: {})",
-            self.system_names().join(", ")
-        )))
+        Err(Error::UnknownSystem {
+            name: name.to_string(),
+            known: self.system_names(),
+        })
     }
 
     /// Every system name, `base` first.
@@ -167,13 +173,6 @@ pub struct Checkpoint {
     pub manifest: Manifest,
 }
 
-/// Directory holding the checkpoints that ship with the source tree (models/).
-pub fn packaged_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join("models")
-}
-
 impl Checkpoint {
     /// Opens a checkpoint directory.
     pub fn open(dir: &Path) -> Result<Self> {
@@ -186,7 +185,12 @@ impl Checkpoint {
     }
 
     /// Finds a checkpoint by directory path or by name: `$PRIP_HOME/checkpoints/NAME`,
-    /// then the packaged `models/NAME`.
+    /// then a checkpoint packaged into this build ([`crate::packaged`], written under
+    /// `$PRIP_HOME/packaged/` on first use).
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the places looked at when nothing is found; the open
+    /// errors of the manifest; [`Error::Io`] when a packaged checkpoint cannot be written.
     pub fn find(name_or_dir: &str, store: &ModelStore) -> Result<Self> {
         let as_path = Path::new(name_or_dir);
         if as_path.join(MANIFEST).is_file() {
@@ -198,25 +202,55 @@ impl Checkpoint {
                 .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
             && !name_or_dir.starts_with('.');
         if valid_name {
-            for dir in [
-                store.root().join("checkpoints").join(name_or_dir),
-                packaged_dir().join(name_or_dir),
-            ] {
-                if dir.join(MANIFEST).is_file() {
-                    return Self::open(&dir);
-                }
+            let dir = store.root().join("checkpoints").join(name_or_dir);
+            if dir.join(MANIFEST).is_file() {
+                return Self::open(&dir);
+            }
+            if let Some(dir) = crate::packaged::install(name_or_dir, store.root())? {
+                return Self::open(&dir);
             }
         }
         Err(Error::Config(format!(
-            "no PRIP model {name_or_dir:?}: not a directory with a {MANIFEST}, nor a checkpoint in {} or {}",
+            "no PRIP model {name_or_dir:?}: not a directory with a {MANIFEST}, nor a checkpoint in {}, nor packaged ({})",
             store.root().join("checkpoints").display(),
-            packaged_dir().display()
+            crate::packaged::NAMES.join(", ")
         )))
     }
 
     /// Path of a file named by the manifest (relative to the checkpoint).
     pub fn file(&self, rel: &str) -> PathBuf {
         self.dir.join(rel)
+    }
+
+    /// The encoder backbone's directory (config.json, tokenizer.json, weights), resolved
+    /// as [`Checkpoint::resolve_base`] does; a manifest naming the weights file gives its
+    /// directory.
+    pub fn encoder_dir(&self, store: &ModelStore, fetch: bool) -> Result<PathBuf> {
+        let path = self.resolve_base(&self.manifest.encoder, store, fetch)?;
+        Ok(if path.is_file() {
+            path.parent().unwrap_or(Path::new(".")).to_path_buf()
+        } else {
+            path
+        })
+    }
+
+    /// The decoder LM's GGUF file or Hugging Face directory, resolved as
+    /// [`Checkpoint::resolve_base`] does.
+    pub fn decoder_path(&self, store: &ModelStore, fetch: bool) -> Result<PathBuf> {
+        self.resolve_base(&self.manifest.decoder, store, fetch)
+    }
+
+    /// The head's safetensors (pivot former under [`FORMER_PREFIX`], projection under
+    /// [`PROJECTION_PREFIX`]); it does not exist before the first training.
+    pub fn head_file(&self) -> PathBuf {
+        self.file(&self.manifest.head.weights)
+    }
+
+    /// The LoRA file of `system` as the manifest names it (it may not exist yet), or
+    /// `None` when that system has none.
+    pub fn lora_file(&self, system: &str) -> Option<PathBuf> {
+        let sys = self.manifest.systems.get(system)?;
+        sys.lora.as_deref().map(|rel| self.file(rel))
     }
 
     /// Resolves a base model to a local path, fetching store assets when `fetch`, and
@@ -279,7 +313,8 @@ impl Checkpoint {
                     } else {
                         p.clone()
                     };
-                    let have = sha256_file(&file)?;
+                    let have = crate::files::sha256_file(&file, |_| {})
+                        .map_err(|e| Error::io(&file, e))?;
                     if &have != want {
                         return Err(Error::bad_file(
                             &file,
@@ -291,23 +326,6 @@ impl Checkpoint {
             }
         }
     }
-}
-
-/// Hex sha256 of a file.
-pub fn sha256_file(path: &Path) -> Result<String> {
-    use sha2::Digest;
-    use std::io::Read;
-    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut h = sha2::Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 #[cfg(test)]
@@ -354,9 +372,30 @@ model = "dec"
     }
 
     #[test]
-    fn the_packaged_default_parses() {
-        let c = Checkpoint::open(&packaged_dir().join("default")).unwrap();
-        assert_eq!(c.manifest.encoder.model, "minilm-l6");
+    fn a_manifest_with_the_old_adapter_key_still_loads() {
+        let old = format!("{MINIMAL}\n[systems.sd15]\nadapter = \"lora/sd15.safetensors\"\n");
+        let m = Manifest::parse(&old, Path::new("prip.toml")).unwrap();
+        assert_eq!(
+            m.systems["sd15"].lora.as_deref(),
+            Some("lora/sd15.safetensors")
+        );
+        let new = old.replace("adapter =", "lora =");
+        assert_eq!(Manifest::parse(&new, Path::new("prip.toml")).unwrap(), m);
+    }
+
+    #[test]
+    fn the_packaged_default_is_found_by_name() {
+        let home = tempfile::tempdir().unwrap();
+        let store = ModelStore::new(home.path().to_path_buf());
+        let c = Checkpoint::find("default", &store).unwrap();
+        assert!(c.dir.starts_with(home.path().join("packaged")));
         assert_eq!(c.manifest.decoder.model, "smollm2-135m");
+        // A checkpoint of the same name in $PRIP_HOME/checkpoints wins.
+        let mine = home.path().join("checkpoints").join("default");
+        std::fs::create_dir_all(&mine).unwrap();
+        std::fs::copy(c.dir.join(MANIFEST), mine.join(MANIFEST)).unwrap();
+        assert_eq!(Checkpoint::find("default", &store).unwrap().dir, mine);
+        let err = Checkpoint::find("nope", &store).unwrap_err().to_string();
+        assert!(err.contains("nor packaged (default)"), "{err}");
     }
 }

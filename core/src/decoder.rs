@@ -188,8 +188,8 @@ impl PromptDecoder {
         &self.lm
     }
 
-    /// Installs one system's adapters (or none).
-    pub fn set_adapter(&mut self, set: Option<&LoraSet>) -> Result<()> {
+    /// Installs one system's LoRA (or none).
+    pub fn set_lora(&mut self, set: Option<&LoraSet>) -> Result<()> {
         Ok(self.lm.lm.set_loras(set.map(Vec::as_slice))?)
     }
 

@@ -174,11 +174,6 @@ impl PreferenceEncoder {
         Ok(Self { text, former })
     }
 
-    /// The backbone.
-    pub fn text_encoder(&self) -> &TextEncoder {
-        &self.text
-    }
-
     /// Pivot width.
     pub fn pivot_width(&self) -> usize {
         self.former.width()

@@ -39,6 +39,21 @@ pub enum Error {
     /// The model store could not provide an asset.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    /// A request names a system the checkpoint has no configuration for.
+    #[error("unknown system {name:?} (this model has: {})", known.join(", "))]
+    UnknownSystem {
+        /// The name requested.
+        name: String,
+        /// The systems the checkpoint has, `base` first.
+        known: Vec<String>,
+    },
+    /// The failure of a batch decoded together, given to each of its requests: the same
+    /// error (and message) as the batch's own.
+    #[error(transparent)]
+    Batch(std::sync::Arc<Error>),
+    /// A broken invariant of prip-core itself (a bug to report), never a user's mistake.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 /// prip-core's result type.
@@ -62,7 +77,77 @@ impl Error {
     }
 }
 
-/// Collapses a multi-line message (candle errors carry backtraces) into its first line.
-pub(crate) fn one_line(s: &str) -> String {
-    s.lines().next().unwrap_or("").trim().to_string()
+/// Error text as one line, for a terminal, a log field, a JSON reply or a C string: the
+/// lines of `text`, trimmed and joined by one space, without empty lines, without the
+/// frames of a Rust backtrace (which candle attaches to its errors under
+/// `RUST_BACKTRACE`: `N: function` lines and their `at file:line:column` lines), and
+/// with each NUL byte made a space.
+pub fn one_line(text: &str) -> String {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !is_backtrace_line(l))
+        .collect::<Vec<_>>()
+        .join(" ")
+        .replace('\0', " ")
+}
+
+/// A trimmed line that is a backtrace frame (`12: name`) or a frame's source location
+/// (`at path:line` or `at path:line:column`).
+fn is_backtrace_line(line: &str) -> bool {
+    let frame = line.split_once(':').is_some_and(|(n, rest)| {
+        !n.is_empty()
+            && n.bytes().all(|b| b.is_ascii_digit())
+            && rest.starts_with(char::is_whitespace)
+    });
+    let location = line.strip_prefix("at ").is_some_and(|place| {
+        !place.contains(char::is_whitespace)
+            && place
+                .rsplit(':')
+                .next()
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    });
+    frame || location
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{one_line, Error};
+
+    #[test]
+    fn a_batch_failure_reads_as_its_own_error() {
+        let e = Error::Batch(std::sync::Arc::new(Error::Device(
+            "cuda:0: out of memory".into(),
+        )));
+        assert_eq!(e.to_string(), "device: cuda:0: out of memory");
+        let unknown = Error::UnknownSystem {
+            name: "nope".into(),
+            known: vec!["base".into(), "sdxl".into()],
+        };
+        assert_eq!(
+            unknown.to_string(),
+            "unknown system \"nope\" (this model has: base, sdxl)"
+        );
+    }
+
+    #[test]
+    fn one_line_joins_lines_and_drops_backtraces() {
+        assert_eq!(
+            one_line("  shape mismatch \n\n  in matmul\n"),
+            "shape mismatch in matmul"
+        );
+        let candle = "cannot open x\n   0: candle_core::error::Error::bt\n             at \
+                      /src/error.rs:264:25\n   1: main\n             at ./src/main.rs:3";
+        assert_eq!(one_line(candle), "cannot open x");
+        // A message after a backtrace (anyhow's `{e:#}` runs the next one onto the last
+        // location line) stays.
+        let chained = "tensor error: no such op\n   0: candle_core::error::Error::bt\n      \
+                       at ./src/error.rs:264:25: no such op";
+        assert_eq!(
+            one_line(chained),
+            "tensor error: no such op at ./src/error.rs:264:25: no such op"
+        );
+        assert_eq!(one_line("bad\0byte"), "bad byte");
+        // Ordinary lines that merely start with a number or with "at" stay.
+        assert_eq!(one_line("a\n3:2 ratio\nat most 4"), "a 3:2 ratio at most 4");
+    }
 }

@@ -1,5 +1,7 @@
-//! Loading the files of a model directory with errors that name the file.
+//! Loading the files of a model directory with errors that name the file, and the one
+//! sha256 of a file that the model store and checkpoints verify against.
 
+use std::io::Read;
 use std::path::Path;
 
 use candle_core::{DType, Device};
@@ -7,6 +9,29 @@ use candle_nn::VarBuilder;
 use tokenizers::Tokenizer;
 
 use crate::{Error, Result};
+
+/// Lower-case hex sha256 of a file's contents (64 characters), read in 1 MiB chunks;
+/// `progress` is told the byte count of each chunk (to advance a progress bar).
+///
+/// # Errors
+/// The IO error of opening or reading `path`, for the caller to name the file.
+pub fn sha256_file(path: &Path, mut progress: impl FnMut(u64)) -> std::io::Result<String> {
+    use sha2::Digest;
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        hasher.update(&buf[..n]);
+        progress(n as u64);
+    }
+    Ok(format!("{:x}", hasher.finalize()))
+}
 
 /// Reads and parses a JSON file, naming it in the error.
 pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
@@ -32,4 +57,26 @@ pub(crate) fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
         return Err(Error::io(path, std::io::ErrorKind::NotFound.into()));
     }
     Tokenizer::from_file(path).map_err(|e| Error::bad_file(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sha256_of_a_file_is_lower_hex_and_reports_the_bytes_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("abc");
+        std::fs::write(&path, b"abc").unwrap();
+        let mut read = 0;
+        let digest = sha256_file(&path, |n| read += n).unwrap();
+        // FIPS 180-2, appendix B.1.
+        assert_eq!(
+            digest,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(read, 3);
+        let missing = sha256_file(&dir.path().join("missing"), |_| {}).unwrap_err();
+        assert_eq!(missing.kind(), std::io::ErrorKind::NotFound);
+    }
 }

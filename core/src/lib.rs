@@ -10,18 +10,17 @@ pub mod decoder;
 pub mod device;
 pub mod encoder;
 pub mod error;
-pub(crate) mod files;
+pub mod files;
 pub mod gguf_tokenizer;
 pub mod init;
 pub mod lora;
 pub mod models;
 pub mod nn;
+pub mod packaged;
 pub mod refiner;
 pub mod sampling;
 pub mod store;
 pub mod syntax;
-#[doc(hidden)]
-pub mod testing;
 
 pub use error::{Error, Result};
 pub use refiner::{Outcome, Refine, RefineRequest, Refined, Refiner, RefinerOptions};

@@ -1,5 +1,5 @@
-//! Per-system LoRA adapters of the decoder: one small safetensors file per generation
-//! system, in PEFT's tensor naming so adapters trained elsewhere load too.
+//! Per-system LoRAs of the decoder: one small safetensors file per generation system,
+//! in PEFT's tensor naming so LoRAs trained elsewhere load too.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -11,7 +11,7 @@ use crate::models::llama::LORA_TARGETS;
 use crate::nn::Lora;
 use crate::{Error, Result};
 
-/// Rank, scale and targets of an adapter, stored in prip.toml.
+/// Rank, scale and targets of a LoRA, stored in prip.toml.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LoraConfig {
@@ -46,10 +46,10 @@ impl Default for LoraConfig {
     }
 }
 
-/// A loaded adapter: (layer, projection, weights) triples ready for `Llama::set_loras`.
+/// A loaded LoRA: (layer, projection, weights) triples ready for `Llama::set_loras`.
 pub type LoraSet = Vec<(usize, String, Lora)>;
 
-/// The PEFT name of one adapter matrix (`which` is "A" or "B").
+/// The PEFT name of one LoRA matrix (`which` is "A" or "B").
 pub fn tensor_name(layer: usize, target: &str, which: &str) -> String {
     let block = if matches!(target, "gate_proj" | "up_proj" | "down_proj") {
         "mlp"
@@ -59,14 +59,14 @@ pub fn tensor_name(layer: usize, target: &str, which: &str) -> String {
     format!("base_model.model.model.layers.{layer}.{block}.{target}.lora_{which}.weight")
 }
 
-/// Reads an adapter file, keeping every (layer, target) pair that has both matrices.
+/// Reads a LoRA file, keeping every (layer, target) pair that has both matrices.
 pub fn load(path: &Path, cfg: &LoraConfig, device: &Device) -> Result<LoraSet> {
     let tensors: HashMap<String, Tensor> =
         candle_core::safetensors::load(path, device).map_err(|e| Error::bad_file(path, e))?;
     from_tensors(&tensors, cfg).map_err(|e| Error::bad_file(path, e))
 }
 
-/// Assembles an adapter set from PEFT-named tensors (a loaded file, or a trainer's
+/// Assembles a LoRA set from PEFT-named tensors (a loaded file, or a trainer's
 /// parameters), or says in one line why they are not one.
 pub fn from_tensors(
     tensors: &HashMap<String, Tensor>,
@@ -103,7 +103,7 @@ pub fn from_tensors(
     Ok(set)
 }
 
-/// Writes an adapter in the same naming.
+/// Writes a LoRA in the same naming.
 pub fn save(set: &LoraSet, path: &Path) -> Result<()> {
     let mut map = HashMap::new();
     for (layer, target, l) in set {
@@ -168,7 +168,7 @@ mod tests {
     }
 
     #[test]
-    fn a_file_without_adapters_is_refused() {
+    fn a_file_without_loras_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("x.safetensors");
         let mut m = HashMap::new();

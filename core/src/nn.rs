@@ -163,7 +163,7 @@ pub enum Weight {
     Quantized(Arc<QMatMul>),
 }
 
-/// A low-rank adapter on one linear layer: y += scale * B(A x).
+/// A LoRA (low-rank adaptation) on one linear layer: y += scale * B(A x).
 #[derive(Debug, Clone)]
 pub struct Lora {
     /// (rank, in)
@@ -242,7 +242,7 @@ impl Linear {
         self.out_dim
     }
 
-    /// Installs (or removes) the LoRA adapter of this layer.
+    /// Installs (or removes) the LoRA of this layer.
     pub fn set_lora(&mut self, lora: Option<Lora>) -> Result<()> {
         if let Some(l) = &lora {
             let (r, i) = l.a.dims2()?;
@@ -261,7 +261,7 @@ impl Linear {
         Ok(())
     }
 
-    /// The adapter currently installed.
+    /// The LoRA currently installed.
     pub fn lora(&self) -> Option<&Lora> {
         self.lora.as_ref()
     }

@@ -2,13 +2,12 @@
 //! output hygiene -> the user's prompt with details appended.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::Instant;
 
-use candle_core::{DType, Device};
+use candle_core::DType;
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint::{Checkpoint, FORMER_PREFIX, PROJECTION_PREFIX};
 use crate::decoder::{DecoderLm, PromptDecoder, Template};
 use crate::device::DeviceSpec;
 use crate::encoder::{PreferenceEncoder, TextEncoder};
@@ -16,7 +15,7 @@ use crate::files::safetensors_vb;
 use crate::init::SeededInit;
 use crate::lora::{self, LoraSet};
 use crate::nn::OpsMode;
-use crate::sampling::GenerationConfig;
+use crate::sampling::{GenerationConfig, GenerationPatch};
 use crate::store::ModelStore;
 use crate::syntax::{self, ClipTokenEstimate, Dialect, Hygiene};
 use crate::{Error, Result};
@@ -46,8 +45,11 @@ impl Default for RefinerOptions {
     }
 }
 
-/// One prompt to refine.
+/// One prompt to refine: the one request type of every front end. `prip refine`, the
+/// `prip serve` queue, the C ABI (its request JSON is this type's serde form, unknown
+/// keys refused) and the Python binding all build it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RefineRequest {
     /// The prompt as the user typed it.
     pub prompt: String,
@@ -61,6 +63,10 @@ pub struct RefineRequest {
     /// A1111 when absent.
     #[serde(default)]
     pub dialect: Dialect,
+    /// Decoding settings of this request over the caller's (`{"max_new_tokens": 20}`);
+    /// empty keeps them.
+    #[serde(default, skip_serializing_if = "GenerationPatch::is_empty")]
+    pub generation: GenerationPatch,
 }
 
 impl RefineRequest {
@@ -86,6 +92,39 @@ pub struct Timings {
     pub new_tokens: usize,
     /// Prompts decoded together.
     pub batch_size: usize,
+}
+
+/// One request's answer as JSON carries it (the C ABI's results, the Python binding): a
+/// [`Refined`] object, or `{"error": "one line"}` for a request that failed while the
+/// others of its batch succeeded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RefineAnswer {
+    /// The request failed; the reason is one line.
+    Failed {
+        /// Why.
+        error: String,
+    },
+    /// The request was refined (which may have added nothing: see [`Refined::outcome`]).
+    Refined(Refined),
+}
+
+impl From<std::result::Result<Refined, String>> for RefineAnswer {
+    fn from(r: std::result::Result<Refined, String>) -> Self {
+        match r {
+            Ok(refined) => RefineAnswer::Refined(refined),
+            Err(error) => RefineAnswer::Failed { error },
+        }
+    }
+}
+
+impl From<RefineAnswer> for std::result::Result<Refined, String> {
+    fn from(a: RefineAnswer) -> Self {
+        match a {
+            RefineAnswer::Refined(refined) => Ok(refined),
+            RefineAnswer::Failed { error } => Err(error),
+        }
+    }
 }
 
 /// Whether a refinement added details, and if not, why.
@@ -148,9 +187,9 @@ pub enum Conditioning {
     /// The encoder's pivot in the checkpoint's template (PRIP).
     #[default]
     Pivot,
-    /// The checkpoint's template and adapters without a pivot ("decoder without pivot").
+    /// The checkpoint's template and LoRAs without a pivot ("decoder without pivot").
     NoPivot,
-    /// The bare decoder LM, no pivot and no adapter, prompted with this template (the
+    /// The bare decoder LM, no pivot and no LoRA, prompted with this template (the
     /// paper's "generic LLM" baseline).
     Instruction(Template),
 }
@@ -162,9 +201,8 @@ pub struct Refiner {
     checkpoint: Checkpoint,
     encoder: PreferenceEncoder,
     decoder: PromptDecoder,
-    adapters: BTreeMap<String, LoraSet>,
+    loras: BTreeMap<String, LoraSet>,
     head_trained: bool,
-    device: Device,
 }
 
 impl Refiner {
@@ -178,17 +216,12 @@ impl Refiner {
         let checkpoint = Checkpoint::find(&opts.model, store)?;
         let device = opts.device.open()?;
         let m = &checkpoint.manifest;
-        let enc_path = checkpoint.resolve_base(&m.encoder, store, opts.fetch)?;
-        let enc_dir = if enc_path.is_file() {
-            enc_path.parent().unwrap_or(Path::new("."))
-        } else {
-            &enc_path
-        };
-        let dec_path = checkpoint.resolve_base(&m.decoder, store, opts.fetch)?;
-        let text = TextEncoder::load(enc_dir, &device, OpsMode::Fused)?;
+        let enc_dir = checkpoint.encoder_dir(store, opts.fetch)?;
+        let dec_path = checkpoint.decoder_path(store, opts.fetch)?;
+        let text = TextEncoder::load(&enc_dir, &device, OpsMode::Fused)?;
         let lm = DecoderLm::load(&dec_path, &device, OpsMode::Fused)?;
 
-        let head_path = checkpoint.file(&m.head.weights);
+        let head_path = checkpoint.head_file();
         let head_trained = head_path.is_file();
         let vb = if head_trained {
             safetensors_vb(&head_path, DType::F32, &device)?
@@ -204,53 +237,39 @@ impl Refiner {
             Error::Candle(c) if head_trained => Error::bad_file(&head_path, c),
             other => other,
         };
-        let encoder = PreferenceEncoder::new(text, &m.pivot, vb.pp("pivot_former"), OpsMode::Fused)
+        let encoder = PreferenceEncoder::new(text, &m.pivot, vb.pp(FORMER_PREFIX), OpsMode::Fused)
             .map_err(wrap)?;
         let decoder = PromptDecoder::new(
             lm,
             encoder.pivot_width(),
             m.template.clone(),
-            vb.pp("projection"),
+            vb.pp(PROJECTION_PREFIX),
         )
         .map_err(wrap)?;
-        let mut adapters = BTreeMap::new();
-        for (name, sys) in &m.systems {
-            let Some(file) = &sys.adapter else { continue };
-            let path = checkpoint.file(file);
+        let mut loras = BTreeMap::new();
+        for name in m.systems.keys() {
+            let Some(path) = checkpoint.lora_file(name) else {
+                continue;
+            };
             if !path.is_file() && !head_trained {
                 // A checkpoint whose training has not run yet, like the untrained head.
-                tracing::warn!("{} has no trained adapter for {name} ({file})", m.name);
+                tracing::warn!(
+                    "{} has no trained LoRA for {name} ({})",
+                    m.name,
+                    path.display()
+                );
                 continue;
             }
-            adapters.insert(name.clone(), lora::load(&path, &m.lora, &device)?);
+            loras.insert(name.clone(), lora::load(&path, &m.lora, &device)?);
         }
         Ok(Self {
             conditioning: Conditioning::Pivot,
             checkpoint,
             encoder,
             decoder,
-            adapters,
+            loras,
             head_trained,
-            device,
         })
-    }
-
-    /// Assembles a refiner from parts already built (tests, the trainer).
-    pub fn from_parts(
-        checkpoint: Checkpoint,
-        encoder: PreferenceEncoder,
-        decoder: PromptDecoder,
-    ) -> Self {
-        let device = decoder.lm().lm.device().clone();
-        Self {
-            conditioning: Conditioning::Pivot,
-            checkpoint,
-            encoder,
-            decoder,
-            adapters: BTreeMap::new(),
-            head_trained: false,
-            device,
-        }
     }
 
     /// Changes how the decoder is conditioned (see [`Conditioning`]).
@@ -266,21 +285,6 @@ impl Refiner {
     /// Whether the head was loaded from trained weights.
     pub fn head_trained(&self) -> bool {
         self.head_trained
-    }
-
-    /// The device.
-    pub fn device(&self) -> &Device {
-        &self.device
-    }
-
-    /// The encoder.
-    pub fn encoder(&self) -> &PreferenceEncoder {
-        &self.encoder
-    }
-
-    /// The decoder.
-    pub fn decoder(&self) -> &PromptDecoder {
-        &self.decoder
     }
 
     /// The checkpoint's decoding defaults.
@@ -308,37 +312,51 @@ impl Refiner {
                 .map(|_| Err(Error::Config(e.clone())))
                 .collect();
         }
-        let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        // One padded batch per system and decoding settings.
+        let mut groups: BTreeMap<(String, String), (GenerationConfig, Vec<usize>)> =
+            BTreeMap::new();
         for (i, r) in requests.iter().enumerate() {
             let system = r
                 .system
                 .clone()
                 .unwrap_or_else(|| self.checkpoint.manifest.default_system.clone());
-            match validate_prompt(&r.prompt)
+            let checked = validate_prompt(&r.prompt)
                 .and_then(|_| self.checkpoint.manifest.system(&system).map(|_| ()))
-            {
-                Ok(()) => groups.entry(system).or_default().push(i),
+                .and_then(|_| {
+                    r.generation
+                        .apply(cfg)
+                        .map_err(|e| Error::Config(format!("generation: {e}")))
+                });
+            match checked {
+                Ok(own) => {
+                    let key = serde_json::to_string(&r.generation).unwrap_or_default();
+                    groups
+                        .entry((system, key))
+                        .or_insert_with(|| (own, Vec::new()))
+                        .1
+                        .push(i);
+                }
                 Err(e) => out[i] = Some(Err(e)),
             }
         }
-        for (system, idx) in groups {
+        for ((system, _), (cfg, idx)) in groups {
             let reqs: Vec<&RefineRequest> = idx.iter().map(|&i| &requests[i]).collect();
-            match self.refine_group(&system, &reqs, cfg) {
+            match self.refine_group(&system, &reqs, &cfg) {
                 Ok(results) => {
                     for (i, r) in idx.into_iter().zip(results) {
                         out[i] = Some(Ok(r));
                     }
                 }
                 Err(e) => {
-                    let msg = e.to_string();
+                    let shared = std::sync::Arc::new(e);
                     for i in idx {
-                        out[i] = Some(Err(Error::Config(msg.clone())));
+                        out[i] = Some(Err(Error::Batch(shared.clone())));
                     }
                 }
             }
         }
         out.into_iter()
-            .map(|r| r.unwrap_or_else(|| Err(Error::Config("request not processed".into()))))
+            .map(|r| r.unwrap_or_else(|| Err(Error::Internal("request not processed".into()))))
             .collect()
     }
 
@@ -350,12 +368,12 @@ impl Refiner {
     ) -> Result<Vec<Refined>> {
         let start = Instant::now();
         let sys = self.checkpoint.manifest.system(system)?;
-        // `base` has an adapter too once the decoder warm-up has trained one.
-        let adapter = match self.conditioning {
+        // `base` has a LoRA too once the decoder warm-up has trained one.
+        let lora = match self.conditioning {
             Conditioning::Instruction(_) => None,
-            _ => self.adapters.get(system),
+            _ => self.loras.get(system),
         };
-        self.decoder.set_adapter(adapter)?;
+        self.decoder.set_lora(lora)?;
         let free: Vec<String> = reqs
             .iter()
             .map(|r| syntax::parse(&r.prompt, r.dialect).free_text())

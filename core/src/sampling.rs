@@ -76,6 +76,11 @@ pub struct GenerationPatch {
 }
 
 impl GenerationPatch {
+    /// Whether no field is set (applying it changes nothing).
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
     /// `base` with the set fields replaced, validated.
     pub fn apply(&self, base: &GenerationConfig) -> Result<GenerationConfig, String> {
         let cfg = GenerationConfig {

@@ -38,15 +38,16 @@ mod fetcher;
 mod tests;
 
 use std::ffi::OsString;
-use std::fs::{self, File};
-use std::io::{self, IsTerminal, Read};
+use std::fs;
+use std::io::{self, IsTerminal};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+
+use crate::files::sha256_file;
 
 pub use fetcher::{Fetcher, PipFetcher};
 
@@ -559,7 +560,8 @@ impl ModelStore {
         let archive = archive.map_err(|e| e.with_install_dir(asset, &dir))?;
 
         let bar = byte_bar(show, asset.archive_size, "verifying download");
-        let actual = sha256_file(&archive, &bar)?;
+        let actual =
+            sha256_file(&archive, |n| bar.inc(n)).map_err(|e| StoreError::io(&archive, e))?;
         bar.finish_and_clear();
         if actual != asset.archive_sha256 {
             return Err(StoreError::ChecksumMismatch {
@@ -729,7 +731,7 @@ fn verify_files(asset: &Asset, dir: &Path, bar: &ProgressBar) -> Result<(), Stor
     }
     for f in asset.files {
         let path = dir.join(f.dest);
-        let actual = sha256_file(&path, bar)?;
+        let actual = sha256_file(&path, |n| bar.inc(n)).map_err(|e| StoreError::io(&path, e))?;
         if actual != f.sha256 {
             return Err(StoreError::ChecksumMismatch {
                 path,
@@ -739,32 +741,6 @@ fn verify_files(asset: &Asset, dir: &Path, bar: &ProgressBar) -> Result<(), Stor
         }
     }
     Ok(())
-}
-
-/// Lower-case hex sha256 of a file, advancing `bar` by the bytes read.
-fn sha256_file(path: &Path, bar: &ProgressBar) -> Result<String, StoreError> {
-    let mut file = File::open(path).map_err(|e| StoreError::io(path, e))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = match file.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(StoreError::io(path, e)),
-        };
-        hasher.update(&buf[..n]);
-        bar.inc(n as u64);
-    }
-    Ok(hex(&hasher.finalize()))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(64), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
 }
 
 fn spinner(show: bool, msg: String) -> ProgressBar {

@@ -13,7 +13,7 @@ use prip_core::models::pivot::{PivotConfig, PivotFormer, PivotProjection};
 use prip_core::models::t5::{T5Config, T5Encoder};
 use prip_core::nn::{Lora, OpsMode};
 use prip_core::sampling::GenerationConfig;
-use prip_core::testing;
+use prip_test_support::models as tiny;
 
 fn read_cfg<T: serde::de::DeserializeOwned>(dir: &Path) -> T {
     serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap()
@@ -25,7 +25,7 @@ fn ids(rows: &[&[u32]]) -> Tensor {
 }
 
 fn assert_all_vars_get_gradients(vars: &[(String, Var)], loss: &Tensor) {
-    testing::assert_all_vars_get_gradients(vars, &loss.backward().unwrap());
+    tiny::assert_all_vars_get_gradients(vars, &loss.backward().unwrap());
 }
 
 fn named_vars(vm: &VarMap) -> Vec<(String, Var)> {
@@ -59,6 +59,7 @@ fn tiny_llama_cfg() -> LlamaConfig {
         rope_theta: 10_000.0,
         max_position_embeddings: 64,
         tie_word_embeddings: false,
+        rope_scaling: None,
     }
 }
 
@@ -87,7 +88,7 @@ fn llama_every_parameter_gets_a_gradient() {
 fn lora_adapters_get_gradients_on_a_frozen_quantized_base() {
     let dir = tempfile::tempdir().unwrap();
     let gguf = dir.path().join("m.gguf");
-    testing::write_tiny_gguf(&gguf, 3).unwrap();
+    tiny::write_tiny_gguf(&gguf, 3).unwrap();
     let mut dec = DecoderLm::load(&gguf, &Device::Cpu, OpsMode::Differentiable).unwrap();
     let vm = VarMap::new();
     let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
@@ -117,8 +118,8 @@ fn lora_adapters_get_gradients_on_a_frozen_quantized_base() {
 #[test]
 fn bert_t5_and_pivot_former_every_parameter_gets_a_gradient() {
     let dir = tempfile::tempdir().unwrap();
-    testing::write_tiny_bert(&dir.path().join("b"), 1).unwrap();
-    testing::write_tiny_t5(&dir.path().join("t"), 1).unwrap();
+    tiny::write_tiny_bert(&dir.path().join("b"), 1).unwrap();
+    tiny::write_tiny_t5(&dir.path().join("t"), 1).unwrap();
     let bert_cfg: BertConfig = read_cfg(&dir.path().join("b"));
     let t5_cfg: T5Config = read_cfg(&dir.path().join("t"));
     let x = ids(&[&[2, 10, 11, 12, 3], &[2, 13, 3, 0, 0]]);
@@ -158,11 +159,11 @@ fn bert_t5_and_pivot_former_every_parameter_gets_a_gradient() {
 #[test]
 fn fused_and_differentiable_paths_agree() {
     let dir = tempfile::tempdir().unwrap();
-    testing::write_tiny_llama(&dir.path().join("l"), 5).unwrap();
-    testing::write_tiny_bert(&dir.path().join("b"), 5).unwrap();
-    testing::write_tiny_t5(&dir.path().join("t"), 5).unwrap();
+    tiny::write_tiny_llama(&dir.path().join("l"), 5).unwrap();
+    tiny::write_tiny_bert(&dir.path().join("b"), 5).unwrap();
+    tiny::write_tiny_t5(&dir.path().join("t"), 5).unwrap();
     let gguf = dir.path().join("m.gguf");
-    testing::write_tiny_gguf(&gguf, 5).unwrap();
+    tiny::write_tiny_gguf(&gguf, 5).unwrap();
     let x = ids(&[&[4, 9, 30, 41, 2], &[7, 8, 9, 10, 11]]);
     let pos = ids(&[&[0, 1, 2, 3, 4], &[0, 1, 2, 3, 4]]);
     let valid = ids(&[&[1, 1, 1, 1, 1], &[1, 1, 1, 1, 1]]);
@@ -197,9 +198,9 @@ fn gguf_computes_the_same_model_as_safetensors() {
     // The GGUF writer permutes q/k like llama.cpp's converter; the loader must undo it
     // through the interleaved rotary pairing. Q8_0 rounding is the only difference.
     let dir = tempfile::tempdir().unwrap();
-    testing::write_tiny_llama(&dir.path().join("l"), 8).unwrap();
+    tiny::write_tiny_llama(&dir.path().join("l"), 8).unwrap();
     let gguf = dir.path().join("m.gguf");
-    testing::write_tiny_gguf_with_output(&gguf, 8).unwrap();
+    tiny::write_tiny_gguf_with_output(&gguf, 8).unwrap();
     let hf = DecoderLm::load(&dir.path().join("l"), &Device::Cpu, OpsMode::Fused).unwrap();
     let q = DecoderLm::load(&gguf, &Device::Cpu, OpsMode::Fused).unwrap();
     assert_eq!(
@@ -227,7 +228,7 @@ fn gguf_computes_the_same_model_as_safetensors() {
 #[test]
 fn kv_cache_and_left_padding_do_not_change_the_result() {
     let dir = tempfile::tempdir().unwrap();
-    testing::write_tiny_llama(&dir.path().join("l"), 9).unwrap();
+    tiny::write_tiny_llama(&dir.path().join("l"), 9).unwrap();
     let m = DecoderLm::load(&dir.path().join("l"), &Device::Cpu, OpsMode::Fused).unwrap();
     let seq = [11u32, 12, 13, 14, 15, 16];
     let full = {
@@ -283,8 +284,8 @@ fn kv_cache_and_left_padding_do_not_change_the_result() {
 }
 
 fn tiny_refiner_parts(dir: &Path) -> (PreferenceEncoder, PromptDecoder) {
-    testing::write_tiny_bert(&dir.join("b"), 2).unwrap();
-    testing::write_tiny_gguf(&dir.join("m.gguf"), 2).unwrap();
+    tiny::write_tiny_bert(&dir.join("b"), 2).unwrap();
+    tiny::write_tiny_gguf(&dir.join("m.gguf"), 2).unwrap();
     let text = TextEncoder::load(&dir.join("b"), &Device::Cpu, OpsMode::Fused).unwrap();
     let pcfg = PivotConfig {
         num_queries: 4,
@@ -427,7 +428,7 @@ fn a_row_never_stops_before_it_writes_a_word() {
 #[test]
 fn mean_pooling_ignores_padding() {
     let dir = tempfile::tempdir().unwrap();
-    testing::write_tiny_bert(&dir.path().join("b"), 4).unwrap();
+    tiny::write_tiny_bert(&dir.path().join("b"), 4).unwrap();
     let enc = TextEncoder::load(&dir.path().join("b"), &Device::Cpu, OpsMode::Fused).unwrap();
     let alone = enc.sentence_embeddings(&["a cat"]).unwrap();
     let padded = enc
@@ -451,7 +452,7 @@ fn mean_pooling_ignores_padding() {
 fn bad_shapes_are_errors_not_panics() {
     let dir = tempfile::tempdir().unwrap();
     let l = dir.path().join("l");
-    testing::write_tiny_llama(&l, 1).unwrap();
+    tiny::write_tiny_llama(&l, 1).unwrap();
     let mut cfg: serde_json::Value = read_cfg(&l);
     cfg["hidden_size"] = 48.into();
     std::fs::write(l.join("config.json"), cfg.to_string()).unwrap();
@@ -470,8 +471,8 @@ fn bad_shapes_are_errors_not_panics() {
         .to_string();
     assert!(err.contains("heads"), "{err}");
     let gguf = dir.path().join("m.gguf");
-    testing::write_tiny_gguf(&gguf, 1).unwrap();
-    testing::corrupt_truncate(&gguf, 2000).unwrap();
+    tiny::write_tiny_gguf(&gguf, 1).unwrap();
+    tiny::corrupt_truncate(&gguf, 2000).unwrap();
     let err = DecoderLm::load(&gguf, &Device::Cpu, OpsMode::Fused)
         .unwrap_err()
         .to_string();

@@ -84,23 +84,26 @@ fn minilm_ranks_kitten_closer_to_cat_than_tax_records() {
     );
 }
 
-#[test]
-fn default_refiner_keeps_the_prompt_and_is_reproducible() {
+/// The packaged default on the CPU, its base models fetched first.
+fn default_refiner() -> Refiner {
     asset("smollm2-135m");
     asset("minilm-l6");
-    let mut r = Refiner::open(&RefinerOptions {
+    Refiner::open(&RefinerOptions {
         device: "cpu".parse().unwrap(),
         ..Default::default()
     })
-    .unwrap();
+    .unwrap()
+}
+
+#[test]
+fn default_refiner_keeps_the_prompt_and_is_reproducible() {
+    let mut r = default_refiner();
     let prompt = "a (red:1.2) fox <lora:x:0.8> BREAK in a forest";
     let req = || {
         vec![
             RefineRequest {
-                prompt: prompt.into(),
                 seed: Some(7),
-                system: None,
-                dialect: Default::default(),
+                ..RefineRequest::new(prompt)
             },
             RefineRequest::new(""),
         ]
@@ -122,5 +125,30 @@ fn default_refiner_keeps_the_prompt_and_is_reproducible() {
             !d.chars().any(|c| "()[]<>:|{}\\".contains(c)),
             "syntax in {d:?}"
         );
+    }
+}
+
+/// Prompts that end in syntax used to leave the decoder a doubled separator, and it
+/// often stopped at once: no details for 4 of 6 seeds (issue 12, fault 2).
+#[test]
+fn default_refiner_adds_details_to_prompts_that_end_in_syntax() {
+    let mut r = default_refiner();
+    for prompt in [
+        "a (red:1.2) fox, embedding:foo",
+        "a lighthouse at dusk, <lora:x:1>",
+        "a knight in a misty forest <lora:detail_tweaker:0.6>,<lyco:film_grain:0.4> <hypernet:sketchy:0.3>",
+    ] {
+        let requests: Vec<RefineRequest> = (1..=10)
+            .map(|seed| RefineRequest {
+                seed: Some(seed),
+                ..RefineRequest::new(prompt)
+            })
+            .collect();
+        for result in r.refine(&requests) {
+            let got = result.unwrap();
+            assert_eq!(got.outcome, prip_core::Outcome::Refined, "{got:?}");
+            assert!(!got.details.is_empty(), "seed {}: {got:?}", got.seed);
+            assert!(got.refined.starts_with(prompt));
+        }
     }
 }

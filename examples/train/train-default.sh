@@ -24,7 +24,7 @@ cp models/default/prip.toml "$work/base/"
 mkdir -p models/default/lora
 cp "$work/model/head.safetensors" models/default/head.safetensors
 cp "$work/model/lora/base.safetensors" models/default/lora/base.safetensors
-echo "installed the trained head and adapter into models/default"
+echo "installed the trained head and LoRA into models/default"
 
 if [ "${ABLATIONS:-0}" = 1 ]; then
   rm -rf "$work/ablation-no-pivot" "$work/ablation-random-target"

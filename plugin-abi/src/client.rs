@@ -20,6 +20,7 @@ use std::ffi::{c_char, c_int, CStr, CString};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use prip_core::refiner::RefineAnswer;
 use prip_core::{RefineRequest, Refined};
 use serde_json::{json, Value};
 
@@ -221,10 +222,6 @@ impl LibRefiner {
         requests: &[RefineRequest],
         generation: Option<&Value>,
     ) -> Result<Vec<Result<Refined, String>>, LibError> {
-        let requests: Vec<Value> = requests
-            .iter()
-            .map(|r| json!({"prompt": r.prompt, "seed": r.seed, "system": r.system}))
-            .collect();
         let mut batch = json!({ "requests": requests });
         if let Some(g) = generation {
             batch["generation"] = g.clone();
@@ -234,19 +231,13 @@ impl LibRefiner {
             call: "prip_refine_batch",
             reason,
         };
-        let results = match answer.get("results") {
-            Some(Value::Array(results)) if results.len() == requests.len() => results,
-            _ => return Err(reply(format!("{answer:.200}"))),
-        };
-        results
-            .iter()
-            .map(|r| match r.get("error") {
-                Some(e) => Ok(Err(e.as_str().unwrap_or_default().to_string())),
-                None => serde_json::from_value(r.clone())
-                    .map(Ok)
-                    .map_err(|e| reply(e.to_string())),
-            })
-            .collect()
+        let results: Vec<RefineAnswer> = answer
+            .get("results")
+            .cloned()
+            .and_then(|r| serde_json::from_value(r).ok())
+            .filter(|r: &Vec<RefineAnswer>| r.len() == requests.len())
+            .ok_or_else(|| reply(format!("{answer:.200}")))?;
+        Ok(results.into_iter().map(Into::into).collect())
     }
 
     fn call_batch(&self, batch: &Value) -> Result<Value, LibError> {

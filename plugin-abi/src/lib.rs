@@ -30,8 +30,6 @@
 
 pub mod client;
 mod rewrite;
-#[doc(hidden)]
-pub mod testing;
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -41,6 +39,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use prip_core::device::DeviceSpec;
+use prip_core::refiner::RefineAnswer;
 use prip_core::sampling::{GenerationConfig, GenerationPatch};
 use prip_core::store::ModelStore;
 use prip_core::{RefineRequest, Refiner, RefinerOptions};
@@ -122,14 +121,8 @@ fn guard(f: impl FnOnce() -> Result<(), Failure>) -> PripStatus {
 }
 
 fn set_last_error(msg: &str) {
-    let one_line: String = msg
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ")
-        .replace('\0', " ");
-    let c = CString::new(one_line).unwrap_or_default();
+    // one_line also makes NUL bytes spaces, so the CString always holds the message.
+    let c = CString::new(prip_core::error::one_line(msg)).unwrap_or_default();
     LAST_ERROR.with(|e| *e.borrow_mut() = c);
 }
 
@@ -283,62 +276,58 @@ pub unsafe extern "C" fn prip_open(config_json: *const c_char, out: *mut PripHan
     })
 }
 
-/// One request: `{"prompt": "...", "seed": 7, "system": "sdxl", "dialect": "comfyui",
-/// "generation": {...}}`; every key but `prompt` optional (dialect: `a1111`, `comfyui`
-/// or `plain`, default `a1111`).
+/// A batch: a list of requests, or `{"requests": [...], "generation": {...}}`; each
+/// request is a [`RefineRequest`] in its serde form (`{"prompt": "...", "seed": 7,
+/// "system": "sdxl", "dialect": "comfyui", "generation": {...}}`, every key but `prompt`
+/// optional; dialect `a1111`, `comfyui` or `plain`, default `a1111`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Request {
-    prompt: String,
-    #[serde(default)]
-    seed: Option<u64>,
-    #[serde(default)]
-    system: Option<String>,
-    #[serde(default)]
-    dialect: prip_core::Dialect,
+struct Batch {
+    requests: Vec<RefineRequest>,
     #[serde(default)]
     generation: Option<Value>,
 }
 
-/// A batch: a list of requests, or `{"requests": [...], "generation": {...}}`.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum Batch {
-    List(Vec<Request>),
-    Object {
-        requests: Vec<Request>,
-        #[serde(default)]
-        generation: Option<Value>,
-    },
+impl Batch {
+    /// Reads either form; an error names the key or value at fault (an untagged enum
+    /// would only say that no form matched).
+    fn parse(text: &str) -> Result<Self, Failure> {
+        if text.trim_start().starts_with('[') {
+            Ok(Self {
+                requests: json(text, "requests")?,
+                generation: None,
+            })
+        } else {
+            json(text, "requests")
+        }
+    }
 }
 
-/// Refines `requests` with `generation` over the handle's defaults; one JSON value per
-/// request, a Refined object or `{"error": "..."}`.
+/// Refines `requests` with `generation` over the handle's defaults, and each request's
+/// own `generation` over that; one answer per request. A request without a system gets
+/// the handle's.
 fn run(
     handle: PripHandle,
-    requests: Vec<Request>,
+    mut requests: Vec<RefineRequest>,
     generation: Option<&Value>,
-) -> Result<Vec<Value>, Failure> {
+) -> Result<Vec<RefineAnswer>, Failure> {
     let shared = lookup(handle)?;
     let mut open = shared.lock().unwrap_or_else(PoisonError::into_inner);
     let cfg = overlay(&open.generation, generation)?;
-    let reqs: Vec<RefineRequest> = requests
-        .into_iter()
-        .map(|r| RefineRequest {
-            prompt: r.prompt,
-            seed: r.seed,
-            system: r.system.or_else(|| open.system.clone()),
-            dialect: r.dialect,
-        })
-        .collect();
+    for r in &mut requests {
+        // A bad setting is the caller's JSON at fault, as for the batch's own.
+        r.generation
+            .apply(&cfg)
+            .map_err(|e| (PripStatus::InvalidJson, format!("generation: {e}")))?;
+        if r.system.is_none() {
+            r.system.clone_from(&open.system);
+        }
+    }
     Ok(open
         .refiner
-        .refine_with(&reqs, &cfg)
+        .refine_with(&requests, &cfg)
         .into_iter()
-        .map(|r| match r {
-            Ok(refined) => serde_json::to_value(refined).expect("Refined serialises"),
-            Err(e) => serde_json::json!({"error": e.to_string()}),
-        })
+        .map(|r| RefineAnswer::from(r.map_err(|e| e.to_string())))
         .collect())
 }
 
@@ -357,17 +346,18 @@ pub unsafe extern "C" fn prip_refine(
 ) -> PripStatus {
     guard(|| {
         // SAFETY: forwarded caller contract.
-        let req: Request = json(unsafe { text(request_json, "request_json") }?, "request")?;
+        let req: RefineRequest = json(unsafe { text(request_json, "request_json") }?, "request")?;
         if out_json.is_null() {
             return Err((PripStatus::NullPointer, "out_json is a null pointer".into()));
         }
-        let generation = req.generation.clone();
-        let result = run(handle, vec![req], generation.as_ref())?.remove(0);
-        if let Some(e) = result.get("error").and_then(Value::as_str) {
-            return Err((PripStatus::Refine, e.to_string()));
+        match run(handle, vec![req], None)?.remove(0) {
+            RefineAnswer::Failed { error } => Err((PripStatus::Refine, error)),
+            refined => {
+                let value = serde_json::to_value(refined).expect("an answer serialises");
+                // SAFETY: checked non-null above.
+                unsafe { give(out_json, &value) }
+            }
         }
-        // SAFETY: checked non-null above.
-        unsafe { give(out_json, &result) }
     })
 }
 
@@ -385,18 +375,11 @@ pub unsafe extern "C" fn prip_refine_batch(
 ) -> PripStatus {
     guard(|| {
         // SAFETY: forwarded caller contract.
-        let batch: Batch = json(unsafe { text(requests_json, "requests_json") }?, "requests")?;
+        let batch = Batch::parse(unsafe { text(requests_json, "requests_json") }?)?;
         if out_json.is_null() {
             return Err((PripStatus::NullPointer, "out_json is a null pointer".into()));
         }
-        let (requests, generation) = match batch {
-            Batch::List(r) => (r, None),
-            Batch::Object {
-                requests,
-                generation,
-            } => (requests, generation),
-        };
-        let results = run(handle, requests, generation.as_ref())?;
+        let results = run(handle, batch.requests, batch.generation.as_ref())?;
         // SAFETY: checked non-null above.
         unsafe { give(out_json, &serde_json::json!({ "results": results })) }
     })
@@ -432,17 +415,7 @@ pub unsafe extern "C" fn prip_rewrite(
             return Err((PripStatus::NullPointer, "out_json is a null pointer".into()));
         }
         let mut plan = req.plan()?;
-        let requests = plan
-            .requests(req.seed, req.system.as_deref())
-            .into_iter()
-            .map(|r| Request {
-                prompt: r.prompt,
-                seed: r.seed,
-                system: r.system,
-                dialect: r.dialect,
-                generation: None,
-            })
-            .collect();
+        let requests = plan.requests(req.seed, req.system.as_deref());
         let results = run(handle, requests, req.generation.as_ref())?;
         let answer = plan.finish(results)?;
         // SAFETY: checked non-null above.

@@ -2,7 +2,8 @@
 //! the same protocol logic `prip serve` runs (prip-protocols), so a plugin living inside
 //! the server (ComfyUI's on-prompt hook) needs no prompt-finding code of its own.
 
-use prip_core::refiner::distinct;
+use prip_core::refiner::{distinct, RefineAnswer};
+use prip_core::Outcome;
 use prip_core::RefineRequest;
 use prip_protocols::{Polarity, Protocol, Replacement};
 use serde::Deserialize;
@@ -120,10 +121,10 @@ impl Plan {
             .slots
             .iter()
             .map(|s| RefineRequest {
-                prompt: s.text.clone(),
                 seed: seed.or(self.image_seed),
                 system: system.map(str::to_string),
                 dialect,
+                ..RefineRequest::new(s.text.clone())
             })
             .collect();
         let (unique, index) = distinct(&all);
@@ -137,33 +138,34 @@ impl Plan {
     /// [`Plan::requests`]. A slot whose refinement added nothing is listed under
     /// unchanged with the reason; one whose refinement failed keeps its text and is
     /// listed under errors.
-    pub(crate) fn finish(self, results: Vec<Value>) -> Result<Value, Failure> {
+    pub(crate) fn finish(self, results: Vec<RefineAnswer>) -> Result<Value, Failure> {
         let mut replacements = Vec::new();
         let mut refined = Vec::new();
         let mut unchanged = Vec::new();
         let mut errors = Vec::new();
         for (slot, &i) in self.slots.iter().zip(&self.index) {
-            let result = results.get(i).cloned().unwrap_or(Value::Null);
-            let outcome = result.get("outcome").and_then(Value::as_str);
-            match result.get("refined").and_then(Value::as_str) {
-                Some(_) if outcome != Some(prip_core::Outcome::Refined.as_str()) => {
-                    unchanged.push(json!({"id": slot.id, "outcome": result["outcome"]}));
+            match results.get(i) {
+                Some(RefineAnswer::Refined(r)) if r.outcome != Outcome::Refined => {
+                    unchanged.push(json!({"id": slot.id, "outcome": r.outcome}));
                 }
-                Some(text) => {
+                Some(RefineAnswer::Refined(r)) => {
                     replacements.push(Replacement {
                         id: slot.id.clone(),
                         original: slot.text.clone(),
-                        text: text.to_string(),
+                        text: r.refined.clone(),
                     });
                     refined.push(json!({
                         "id": slot.id,
                         "polarity": slot.polarity.as_str(),
                         "original": slot.text,
-                        "refined": text,
-                        "seed": result["seed"],
+                        "refined": r.refined,
+                        "seed": r.seed,
                     }));
                 }
-                None => errors.push(json!({"id": slot.id, "error": result["error"]})),
+                Some(RefineAnswer::Failed { error }) => {
+                    errors.push(json!({"id": slot.id, "error": error}));
+                }
+                None => errors.push(json!({"id": slot.id, "error": "the refiner gave no answer"})),
             }
         }
         let body: Value = if replacements.is_empty() {

@@ -12,7 +12,7 @@ fn tiny() -> &'static Path {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
-        prip_core::testing::write_tiny_checkpoint(
+        prip_test_support::models::write_tiny_checkpoint(
             dir.path(),
             "\n[generation]\nmax_new_tokens = 8\ntemperature = 0.8\n",
         )
@@ -63,6 +63,7 @@ fn call(
     }
     // SAFETY: the library returned a string; freed once below.
     let text = unsafe { CStr::from_ptr(out) }.to_str().unwrap().to_string();
+    // SAFETY: `out` came from the library and is not used after this one free.
     unsafe { prip_string_free(out) };
     (status, Some(serde_json::from_str(&text).unwrap()))
 }
@@ -170,8 +171,8 @@ fn bad_input_gets_a_status_and_a_message() {
     assert_eq!(status, PripStatus::InvalidJson);
     let mut handle = 0;
     let bad_model = c(r#"{"model": "/no/such/checkpoint", "fetch": false}"#);
-    // SAFETY: valid pointers.
     assert_eq!(
+        // SAFETY: a valid C string and a valid out pointer.
         unsafe { prip_open(bad_model.as_ptr(), &mut handle) },
         PripStatus::Open
     );
@@ -282,7 +283,7 @@ fn fuzz_handle() -> PripHandle {
 #[test]
 fn rewrite_refines_the_positive_prompts_of_a_comfyui_workflow() {
     let h = open();
-    let body = prip_protocols::cases::comfyui_with_workflow();
+    let body = prip_test_support::cases::comfyui_with_workflow();
     let request = json!({"protocol": "comfyui", "body": body, "seed": 7});
     let (status, out) = call(prip_rewrite, h, request.to_string().as_bytes());
     assert_eq!(status, PripStatus::Ok, "{}", last_error());
@@ -378,7 +379,7 @@ fn rewrite_reports_bad_requests_and_keeps_what_it_cannot_refine() {
         json!({"body": body, "refined": [], "unchanged": [], "errors": [], "already_refined": false})
     );
     // A prompt the refiner refuses stays as it was and is listed.
-    let mut huge = prip_protocols::cases::a1111_txt2img();
+    let mut huge = prip_test_support::cases::a1111_txt2img();
     huge["prompt"] = json!("x".repeat(1 << 20));
     let request = json!({"protocol": "a1111", "path": "/sdapi/v1/txt2img", "body": huge});
     let (status, out) = call(prip_rewrite, h, request.to_string().as_bytes());
@@ -394,7 +395,7 @@ fn rewrite_reports_bad_requests_and_keeps_what_it_cannot_refine() {
 fn rewrite_gives_equal_texts_one_refinement_seeded_by_the_body() {
     let h = open();
     let text = "a castle on a hill at dawn";
-    let mut body = prip_protocols::cases::comfyui_with_workflow();
+    let mut body = prip_test_support::cases::comfyui_with_workflow();
     body["prompt"]["6"]["inputs"]["text"] = json!(text);
     // A second positive encoder with the same text, joined to the first.
     body["prompt"]["3"]["inputs"]["positive"] = json!(["31", 0]);
@@ -421,5 +422,34 @@ fn rewrite_gives_equal_texts_one_refinement_seeded_by_the_body() {
             .as_bytes(),
     );
     assert_eq!(new["6"]["inputs"]["text"], one.unwrap()["refined"]);
+    prip_close(h);
+}
+
+#[test]
+fn each_request_of_a_batch_keeps_its_own_generation_settings() {
+    let h = open();
+    let batch = json!({"requests": [
+        {"prompt": "a cat", "seed": 1, "generation": {"max_new_tokens": 1}},
+        {"prompt": "a cat", "seed": 1},
+    ], "generation": {"max_new_tokens": 6}});
+    let (status, out) = call(prip_refine_batch, h, batch.to_string().as_bytes());
+    assert_eq!(status, PripStatus::Ok, "{}", last_error());
+    let results = out.unwrap()["results"].clone();
+    assert!(
+        results[0]["timings"]["new_tokens"].as_u64().unwrap() <= 1,
+        "{results}"
+    );
+    assert!(
+        results[1]["timings"]["new_tokens"].as_u64().unwrap() > 1,
+        "{results}"
+    );
+    // Unknown keys are refused, in a request as at the top level.
+    let bad = json!([{"prompt": "a cat", "sed": 1}]);
+    let (status, _) = call(prip_refine_batch, h, bad.to_string().as_bytes());
+    assert_eq!(status, PripStatus::InvalidJson);
+    assert!(last_error().contains("sed"), "{}", last_error());
+    let bad = json!({"prompt": "a cat", "generation": {"temperature": -1.0}});
+    let (status, _) = call(prip_refine, h, bad.to_string().as_bytes());
+    assert_eq!(status, PripStatus::InvalidJson, "{}", last_error());
     prip_close(h);
 }

@@ -5,30 +5,44 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use prip_abi::client::{LibError, LibRefiner, Library};
-use prip_abi::testing::cdylib;
 use prip_core::device::DeviceSpec;
 use prip_core::store::ModelStore;
 use prip_core::{RefineRequest, Refiner, RefinerOptions};
+use prip_test_support::artifacts::cdylib;
 use serde_json::json;
 
+/// Every field of the one request type, so a field the library client drops shows.
 fn requests() -> Vec<RefineRequest> {
-    ["a cat", "a lighthouse at dusk"]
-        .iter()
-        .map(|p| RefineRequest {
-            prompt: p.to_string(),
-            seed: Some(7),
-            system: None,
-            dialect: Default::default(),
-        })
-        .collect()
+    let base = |p: &str| RefineRequest {
+        seed: Some(7),
+        ..RefineRequest::new(p)
+    };
+    vec![
+        base("a cat"),
+        RefineRequest {
+            dialect: prip_core::Dialect::ComfyUi,
+            ..base("a red fox # not a comment in ComfyUI")
+        },
+        RefineRequest {
+            system: Some("base".into()),
+            generation: prip_core::sampling::GenerationPatch {
+                max_new_tokens: Some(2),
+                ..Default::default()
+            },
+            ..base("a lighthouse at dusk")
+        },
+    ]
 }
 
 #[test]
 fn library_refines_like_the_in_process_refiner() {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("model");
-    prip_core::testing::write_tiny_checkpoint(&model, "\n[generation]\nmax_new_tokens = 6\n")
-        .unwrap();
+    prip_test_support::models::write_tiny_checkpoint(
+        &model,
+        "\n[generation]\nmax_new_tokens = 6\n",
+    )
+    .unwrap();
     let store = dir.path().join("store");
 
     let lib = Library::load(&cdylib()).unwrap();
@@ -47,11 +61,13 @@ fn library_refines_like_the_in_process_refiner() {
     };
     let mut local = Refiner::open_with_store(&opts, &ModelStore::new(store)).unwrap();
     let in_process = local.refine(&requests());
-    assert_eq!(via_lib.len(), 2);
+    assert_eq!(via_lib.len(), 3);
     for (a, b) in via_lib.iter().zip(&in_process) {
         let (a, b) = (a.as_ref().unwrap(), b.as_ref().unwrap());
         assert_eq!(a.refined, b.refined);
         assert_eq!(a.details, b.details);
+        assert_eq!(a.outcome, b.outcome);
+        assert_eq!(a.timings.new_tokens, b.timings.new_tokens);
         assert_eq!(a.seed, 7);
     }
 

@@ -6,14 +6,15 @@ use std::process::Command;
 
 use serde_json::json;
 
-use prip_abi::testing::{cdylib as library, profile_dir as lib_dir};
+use prip_test_support::artifacts::{cdylib as library, profile_dir as lib_dir};
 
 fn root() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
 }
 
 fn tiny_config(dir: &Path) -> String {
-    prip_core::testing::write_tiny_checkpoint(dir, "\n[generation]\nmax_new_tokens = 6\n").unwrap();
+    prip_test_support::models::write_tiny_checkpoint(dir, "\n[generation]\nmax_new_tokens = 6\n")
+        .unwrap();
     json!({"model": dir, "home": dir.join("store"), "fetch": false, "device": "cpu"}).to_string()
 }
 

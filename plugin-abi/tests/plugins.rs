@@ -1,5 +1,5 @@
-//! The ComfyUI node package and the A1111/Forge extension (adapters/comfyui,
-//! adapters/a1111): their pytest suites, run against small fakes of the host APIs and
+//! The ComfyUI node package and the A1111/Forge extension (adapters/plugins/comfyui,
+//! adapters/plugins/a1111): their pytest suites, run against small fakes of the host APIs and
 //! the real libprip_abi of this build with a tiny checkpoint.
 //!
 //! Needs pytest (`python3 -m pip install -r requirements-test.txt`); a missing pytest
@@ -15,15 +15,17 @@ fn root() -> &'static Path {
 fn pytest(suite: &str) {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("model");
-    prip_core::testing::write_tiny_checkpoint(&model, "\n[generation]\nmax_new_tokens = 8\n")
-        .unwrap();
+    prip_test_support::models::write_tiny_checkpoint(
+        &model,
+        "\n[generation]\nmax_new_tokens = 8\n",
+    )
+    .unwrap();
     let out = Command::new("python3")
         .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", suite])
         .current_dir(root())
-        .env("PRIP_LIB", prip_abi::testing::cdylib())
+        .env("PRIP_LIB", prip_test_support::artifacts::cdylib())
         .env("PRIP_MODEL", &model)
         .env("PRIP_HOME", dir.path().join("home"))
-        .env("PRIP_FIXTURES", prip_protocols::cases::fixtures_dir())
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .output()
         .expect("python3 runs");
@@ -43,10 +45,10 @@ fn pytest(suite: &str) {
 
 #[test]
 fn comfyui_node_package() {
-    pytest("adapters/comfyui/tests");
+    pytest("adapters/plugins/comfyui/tests");
 }
 
 #[test]
 fn a1111_extension() {
-    pytest("adapters/a1111/tests");
+    pytest("adapters/plugins/a1111/tests");
 }

@@ -330,10 +330,8 @@ fn run_model(
             .iter()
             .enumerate()
             .map(|(i, p)| RefineRequest {
-                prompt: p.clone(),
                 seed: Some(opts.seed + (c * opts.batch + i) as u64),
-                system: None,
-                dialect: Default::default(),
+                ..RefineRequest::new(p.clone())
             })
             .collect();
         let t = Instant::now();
@@ -512,7 +510,7 @@ mod tests {
     #[test]
     fn scores_catch_lost_prompts_broken_syntax_repeats_and_chatter() {
         let dir = tempfile::tempdir().unwrap();
-        prip_core::testing::write_tiny_bert(dir.path(), 1).unwrap();
+        prip_test_support::models::write_tiny_bert(dir.path(), 1).unwrap();
         let enc = TextEncoder::load(dir.path(), &candle_core::Device::Cpu, OpsMode::Fused).unwrap();
         let vocab: HashSet<String> = ["oil painting", "highly detailed"]
             .iter()

@@ -2,7 +2,7 @@
 //! decoder objective (LM loss on the system prompt given its pivot, Eq. 7) that serves
 //! both the decoder warm-up and per-system adaptation.
 //!
-//! Every model part is built once through a [`ParamStore`], so the head and adapters
+//! Every model part is built once through a [`ParamStore`], so the head and LoRAs
 //! start from the checkpoint's saved values (or the same seeded initialisation the
 //! refiner uses for an untrained head); each objective then names the parameters it
 //! trains and leaves the rest frozen.
@@ -18,6 +18,7 @@ use prip_core::decoder::{DecoderLm, PrefixRow, PromptDecoder};
 use prip_core::encoder::{PreferenceEncoder, TextEncoder};
 use prip_core::lora::{self, LoraConfig, LoraSet};
 use prip_core::models::llama::{config_from_gguf, LlamaConfig};
+use prip_core::models::pivot::PivotProjection;
 use prip_core::nn::{Lora, OpsMode};
 use prip_core::store::ModelStore;
 use rand::rngs::StdRng;
@@ -30,10 +31,7 @@ use crate::params::ParamStore;
 use crate::targets::{TargetBatch, Targets};
 use crate::{Result, TrainError};
 
-/// Prefix of the pivot former's tensors in head.safetensors.
-pub const FORMER: &str = "pivot_former";
-/// Prefix of the projection's tensors in head.safetensors.
-pub const PROJECTION: &str = "projection";
+use prip_core::checkpoint::{FORMER_PREFIX, PROJECTION_PREFIX};
 
 /// A batch's loss and how much text it covered.
 #[derive(Debug)]
@@ -56,7 +54,7 @@ pub trait Objective {
     fn trainable(&self) -> Vec<(String, Var)>;
     /// Every parameter of the model (trained or not), for snapshots and export.
     fn params(&self) -> &ParamStore;
-    /// The adapter system this objective writes, if any.
+    /// The system whose LoRA this objective writes, if any.
     fn system(&self) -> Option<&str>;
 }
 
@@ -81,7 +79,7 @@ pub struct Parts {
 
 impl Parts {
     /// Opens `checkpoint`, fetching base models through `store` when `fetch`, with the
-    /// saved head and adapters (`lora/<system>`, else the base adapter) as initial values.
+    /// saved head and LoRA (`lora/<system>`, else the base LoRA) as initial values.
     pub fn open(
         checkpoint: Checkpoint,
         store: &ModelStore,
@@ -90,35 +88,22 @@ impl Parts {
         device: &Device,
     ) -> Result<Self> {
         let m = &checkpoint.manifest;
-        let enc = checkpoint.resolve_base(&m.encoder, store, fetch)?;
-        let enc_dir = if enc.is_file() {
-            enc.parent().unwrap_or(Path::new(".")).to_path_buf()
-        } else {
-            enc
-        };
-        let decoder_path = checkpoint.resolve_base(&m.decoder, store, fetch)?;
+        let enc_dir = checkpoint.encoder_dir(store, fetch)?;
+        let decoder_path = checkpoint.decoder_path(store, fetch)?;
         // The backbone is frozen, so its fused kernels are fine (and faster).
         let text = TextEncoder::load(&enc_dir, device, OpsMode::Fused)?;
         let decoder_config = decoder_config(&decoder_path)?;
 
         let mut initial = HashMap::new();
-        let head = checkpoint.file(&m.head.weights);
+        let head = checkpoint.head_file();
         if head.is_file() {
             initial.extend(load_tensors(&head)?);
         }
-        let adapter = system
-            .and_then(|s| m.systems.get(s))
-            .and_then(|s| s.adapter.clone())
-            .or_else(|| {
-                m.systems
-                    .get(prip_core::checkpoint::BASE_SYSTEM)
-                    .and_then(|s| s.adapter.clone())
-            });
-        if let Some(file) = adapter {
-            let p = checkpoint.file(&file);
-            if p.is_file() {
-                initial.extend(load_tensors(&p)?);
-            }
+        let lora = system
+            .and_then(|s| checkpoint.lora_file(s))
+            .or_else(|| checkpoint.lora_file(prip_core::checkpoint::BASE_SYSTEM));
+        if let Some(p) = lora.filter(|p| p.is_file()) {
+            initial.extend(load_tensors(&p)?);
         }
         let params = ParamStore::new(m.head.seed, initial);
         Ok(Self {
@@ -134,18 +119,18 @@ impl Parts {
 
     /// The preference encoder with its pivot former in `mode`, built from the params.
     pub fn encoder(&self, mode: OpsMode) -> Result<PreferenceEncoder> {
-        let vb = self.params.var_builder(&self.device).pp(FORMER);
+        let vb = self.params.var_builder(&self.device).pp(FORMER_PREFIX);
         let enc =
             PreferenceEncoder::new(self.text.clone(), &self.checkpoint.manifest.pivot, vb, mode)?;
         // The projection belongs to the head even when a stage does not train it.
         self.params.get(
-            &format!("{PROJECTION}.weight"),
+            &format!("{PROJECTION_PREFIX}.weight"),
             (self.decoder_config.hidden_size, enc.pivot_width()),
-            projection_init(enc.pivot_width()),
+            PivotProjection::weight_init(enc.pivot_width()),
             &self.device,
         )?;
         self.params.get(
-            &format!("{PROJECTION}.bias"),
+            &format!("{PROJECTION_PREFIX}.bias"),
             self.decoder_config.hidden_size,
             Init::Const(0.0),
             &self.device,
@@ -168,7 +153,7 @@ impl Parts {
         }
     }
 
-    /// The prompt decoder in differentiable mode with trainable LoRA adapters named for
+    /// The prompt decoder in differentiable mode with trainable LoRAs named for
     /// PEFT, and the projection from the params.
     pub fn decoder(&self) -> Result<(PromptDecoder, Vec<(String, Var)>)> {
         let lm = DecoderLm::load(&self.decoder_path, &self.device, OpsMode::Differentiable)?;
@@ -177,31 +162,23 @@ impl Parts {
             .manifest
             .pivot
             .width(self.text.hidden_size());
-        let vb = self.params.var_builder(&self.device).pp(PROJECTION);
+        let vb = self.params.var_builder(&self.device).pp(PROJECTION_PREFIX);
         let mut dec =
             PromptDecoder::new(lm, d_pivot, self.checkpoint.manifest.template.clone(), vb)?;
         let (set, vars) = self.lora_vars(&self.checkpoint.manifest.lora)?;
-        dec.set_adapter(Some(&set))?;
+        dec.set_lora(Some(&set))?;
         Ok((dec, vars))
     }
 
     fn lora_vars(&self, cfg: &LoraConfig) -> Result<(LoraSet, Vec<(String, Var)>)> {
         let c = &self.decoder_config;
-        let (hd, q, kv) = (c.head_dim(), c.num_attention_heads, c.kv_heads());
         let mut set = Vec::new();
         let mut vars = Vec::new();
         for layer in 0..c.num_hidden_layers {
             for target in &cfg.targets {
-                let (inp, out) = match target.as_str() {
-                    "q_proj" => (c.hidden_size, q * hd),
-                    "k_proj" | "v_proj" => (c.hidden_size, kv * hd),
-                    "o_proj" => (q * hd, c.hidden_size),
-                    "gate_proj" | "up_proj" => (c.hidden_size, c.intermediate_size),
-                    "down_proj" => (c.intermediate_size, c.hidden_size),
-                    other => {
-                        return Err(TrainError::Config(format!("unknown LoRA target {other:?}")))
-                    }
-                };
+                let (inp, out) = c
+                    .lora_target_shape(target)
+                    .ok_or_else(|| TrainError::Config(format!("unknown LoRA target {target:?}")))?;
                 let a_name = lora::tensor_name(layer, target, "A");
                 let b_name = lora::tensor_name(layer, target, "B");
                 let bound = (1.0 / inp as f64).sqrt();
@@ -239,14 +216,6 @@ impl Parts {
             }
         }
         Ok((set, vars))
-    }
-}
-
-fn projection_init(d_pivot: usize) -> Init {
-    // Same as prip_core::models::pivot::PivotProjection::load.
-    Init::Randn {
-        mean: 0.0,
-        stdev: 0.02 / (d_pivot as f64).sqrt(),
     }
 }
 
@@ -347,7 +316,7 @@ impl Objective for EncoderObjective {
         self.params
             .vars()
             .into_iter()
-            .filter(|(n, _)| n.starts_with(&format!("{FORMER}.")))
+            .filter(|(n, _)| n.starts_with(&format!("{FORMER_PREFIX}.")))
             .collect()
     }
 
@@ -397,7 +366,7 @@ pub struct DecoderObjective {
 }
 
 impl DecoderObjective {
-    /// The decoder objective writing adapter `system`; the projection is trained too
+    /// The decoder objective writing the LoRA of `system`; the projection is trained too
     /// when `train_projection` (warm-up), frozen otherwise (adaptation).
     pub fn new(
         parts: &Parts,
@@ -496,7 +465,7 @@ impl Objective for DecoderObjective {
             encoded = kept.iter().map(|&j| encoded[j].clone()).collect();
             let mut rng = StdRng::seed_from_u64(seed);
             let noise: Vec<f32> = (0..t.elem_count())
-                .map(|_| gaussian(&mut rng) as f32)
+                .map(|_| prip_core::init::gaussian(&mut rng) as f32)
                 .collect();
             let noise = Tensor::from_vec(noise, t.shape(), t.device())?;
             Some((t + (noise * self.settings.noise_std)?)?)
@@ -552,7 +521,7 @@ impl Objective for DecoderObjective {
                 self.params
                     .vars()
                     .into_iter()
-                    .filter(|(n, _)| n.starts_with(&format!("{PROJECTION}."))),
+                    .filter(|(n, _)| n.starts_with(&format!("{PROJECTION_PREFIX}."))),
             );
         }
         v
@@ -574,20 +543,14 @@ fn cross_entropy(logits: &Tensor, labels: &Tensor) -> candle_core::Result<Tensor
     picked.mean_all()?.neg()
 }
 
-fn gaussian(rng: &mut StdRng) -> f64 {
-    let u1: f64 = rng.random::<f64>().max(f64::EPSILON);
-    let u2: f64 = rng.random();
-    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
-}
-
-/// The LoRA adapter of a trained objective as a saveable set.
+/// The LoRA of a trained objective as a saveable set.
 pub fn lora_set(params: &ParamStore, cfg: &LoraConfig) -> Result<LoraSet> {
     lora::from_tensors(&params.snapshot("base_model."), cfg).map_err(TrainError::Config)
 }
 
 /// Tensors of the head (pivot former and projection) for head.safetensors.
 pub fn head_tensors(params: &ParamStore) -> HashMap<String, Tensor> {
-    let mut m = params.snapshot(&format!("{FORMER}."));
-    m.extend(params.snapshot(&format!("{PROJECTION}.")));
+    let mut m = params.snapshot(&format!("{FORMER_PREFIX}."));
+    m.extend(params.snapshot(&format!("{PROJECTION_PREFIX}.")));
     m
 }

@@ -299,7 +299,7 @@ pub fn prepare_out(base: &Checkpoint, out: &Path) -> Result<Checkpoint> {
         }
     }
     let mut files = vec![m.head.weights.clone()];
-    files.extend(m.systems.values().filter_map(|s| s.adapter.clone()));
+    files.extend(m.systems.values().filter_map(|s| s.lora.clone()));
     for f in files {
         let src = base.file(&f);
         if src.is_file() {
@@ -342,7 +342,7 @@ pub fn export<O: Objective>(objective: &O, out: &Checkpoint, dtype: DType) -> Re
         m.systems
             .entry(system.to_string())
             .or_insert_with(SystemConfig::default)
-            .adapter = Some(rel);
+            .lora = Some(rel);
         write_manifest(&out.dir, &m)?;
     }
     Ok(())

@@ -51,7 +51,7 @@ pub fn run(
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
         if !ok || system == BASE_SYSTEM {
             return Err(TrainError::Config(format!(
-                "system name {system:?}: use letters, digits, - and _, and not {BASE_SYSTEM:?} (that is the warm-up's adapter)"
+                "system name {system:?}: use letters, digits, - and _, and not {BASE_SYSTEM:?} (that is the warm-up's LoRA)"
             )));
         }
     }

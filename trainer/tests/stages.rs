@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 
 use prip_core::checkpoint::Checkpoint;
 use prip_core::store::ModelStore;
-use prip_core::{testing, RefineRequest, Refiner, RefinerOptions};
+use prip_core::{RefineRequest, Refiner, RefinerOptions};
+use prip_test_support::models;
 use prip_trainer::config::TrainConfig;
 use prip_trainer::objective::{
     DecoderObjective, DecoderSettings, EncoderObjective, Objective, Parts, TargetChoice,
@@ -57,7 +58,7 @@ impl Fixture {
         let dir = tempfile::tempdir().unwrap();
         let base = dir.path().join("base");
         std::fs::create_dir_all(&base).unwrap();
-        testing::write_tiny_checkpoint(&base, EXTRA).unwrap();
+        models::write_tiny_checkpoint(&base, EXTRA).unwrap();
         let store = ModelStore::new(dir.path().join("home"));
         let f = Self { dir, store };
         f.write("system.jsonl", &system_lines(24));
@@ -153,7 +154,7 @@ fn encoder_warmup_lowers_its_loss_and_writes_a_loadable_head() {
 }
 
 #[test]
-fn decoder_warmup_lowers_its_loss_and_registers_the_base_adapter() {
+fn decoder_warmup_lowers_its_loss_and_registers_the_base_lora() {
     let f = Fixture::new();
     let cfg = f.config("system.jsonl", "out", STEPS);
     let s = stage::run(&Stage::WarmupDecoder, &cfg, &f.store, Start::Fresh, false).unwrap();
@@ -162,14 +163,14 @@ fn decoder_warmup_lowers_its_loss_and_registers_the_base_adapter() {
     assert!(mean(&l[25..]) < l[0] - 0.1, "{l:?}");
     let ckpt = Checkpoint::open(&f.path("out")).unwrap();
     assert_eq!(
-        ckpt.manifest.systems["base"].adapter.as_deref(),
+        ckpt.manifest.systems["base"].lora.as_deref(),
         Some("lora/base.safetensors")
     );
     assert!(f.path("out/lora/base.safetensors").is_file());
 }
 
 #[test]
-fn adapt_trains_a_system_adapter_that_refine_can_select() {
+fn adapt_trains_a_system_lora_that_refine_can_select() {
     let f = Fixture::new();
     let cfg = f.config("system.jsonl", "out", STEPS);
     let s = stage::run(
@@ -262,7 +263,7 @@ fn check_grads<O: Objective>(
     let vars = obj.trainable();
     let names: Vec<&String> = vars.iter().map(|v| &v.0).collect();
     assert_eq!(vars.len(), expected, "{names:?}");
-    testing::assert_all_vars_get_gradients(&vars, &loss.backward().unwrap());
+    models::assert_all_vars_get_gradients(&vars, &loss.backward().unwrap());
 }
 
 #[test]

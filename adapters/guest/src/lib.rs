@@ -1,15 +1,33 @@
 //! One protocol of prip-protocols exported as a component of `adapters/wit`.
 //!
-//! prip-adapters' build script compiles this crate for wasm32 once per protocol
-//! feature and turns each module into a component. Built natively (as the workspace
-//! does for tests and lints) it only type-checks the bindings.
+//! prip-proxy' build script compiles this crate for wasm32 once per protocol
+//! feature and turns each module into a component; the `faulty` feature, a
+//! misbehaving adapter for the sandbox tests, is built by prip-test-support instead.
+//! Built natively (as the workspace does for tests and lints) it only type-checks the
+//! bindings and runs the faulty adapter's own test.
 
 // The generated canonical-ABI shims take one argument per flattened record field.
 #![allow(clippy::too_many_arguments)]
 
-wit_bindgen::generate!({ path: "../wit", world: "adapter" });
+/// What wit-bindgen generates from adapters/wit: the WIT types, the `Guest` trait and
+/// the `export!` macro. Its canonical-ABI glue is unsafe code (raw pointers into linear
+/// memory, exported symbols, a link section), allowed here and in the module that
+/// `export_protocol!` writes, nowhere else.
+#[allow(unsafe_code)]
+mod bindings {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "adapter",
+        default_bindings_module: "crate::bindings",
+    });
+}
 
-use prip::adapter::types as wit;
+use bindings::prip::adapter::types as wit;
+
+// The sandbox tests' misbehaving adapter: built only with its feature (by
+// prip-test-support), and natively for this crate's own test.
+#[cfg(any(feature = "faulty", test))]
+mod faulty;
 
 /// Converts between the WIT types and prip-protocols' identical native ones.
 #[allow(dead_code)]
@@ -95,7 +113,7 @@ macro_rules! export_protocol {
     ($protocol:expr) => {
         struct Component;
 
-        impl Guest for Component {
+        impl bindings::Guest for Component {
             fn describe() -> wit::Info {
                 convert::info(prip_protocols::Protocol::describe(&$protocol))
             }
@@ -130,7 +148,13 @@ macro_rules! export_protocol {
             }
         }
 
-        export!(Component);
+        // The `unsafe extern "C"` entry points, exported by name, that wit-bindgen
+        // writes for `Component`: the one place outside `bindings` with unsafe code.
+        #[allow(unsafe_code)]
+        mod entry_points {
+            use super::Component;
+            crate::bindings::export!(Component);
+        }
     };
 }
 
@@ -143,4 +167,4 @@ export_protocol!(prip_protocols::diffusers::Diffusers);
 #[cfg(feature = "openai-images")]
 export_protocol!(prip_protocols::openai_images::OpenAiImages);
 #[cfg(feature = "faulty")]
-export_protocol!(prip_protocols::cases::Faulty);
+export_protocol!(faulty::Faulty);

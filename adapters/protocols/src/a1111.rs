@@ -22,7 +22,7 @@ use serde_json::{Map, Value};
 use crate::fields::{self, Field};
 use crate::{json, Extraction, Info, Polarity, Protocol, Replacement, Request, Route};
 
-/// The title of PRIP's A1111 extension (`adapters/a1111/scripts/prip_refiner.py`),
+/// The title of PRIP's A1111 extension (`adapters/plugins/a1111/scripts/prip_refiner.py`),
 /// its key in `alwayson_scripts`; the server matches the key without regard to case.
 /// Its positional arguments are `[enabled, system, max_new_tokens, creativity, seed,
 /// hires]`.

@@ -13,8 +13,6 @@
 //! proxy, ComfyUI's in-server auto mode, the A1111 extension) refines a request twice.
 
 pub mod a1111;
-#[doc(hidden)]
-pub mod cases;
 pub mod comfyui;
 pub mod diffusers;
 mod fields;

@@ -2,8 +2,8 @@
 //! (see `Flow` in src/comfyui/classes.rs): roots, pass-through, two-way, discards, and
 //! custom nodes judged by name.
 
-use prip_protocols::cases;
 use prip_protocols::{comfyui::ComfyUi, Polarity, Protocol, Request};
+use prip_test_support::cases;
 use serde_json::{json, Value};
 
 fn polarities(graph: Value) -> Vec<(String, Polarity)> {

@@ -1,22 +1,17 @@
 //! ComfyUI workflows whose prompt sits inside a subgraph: the API ids are paths
 //! (`instance:inner`), and the UI copy saved into the image must show the refined text
 //! where the frontend shows it. The UI workflows are real templates (see
-//! tests/fixtures/README.md); the API graphs are what the frontend sends for them.
+//! tests/fixtures/comfyui/templates/README.md); the API graphs are what the frontend
+//! sends for them.
 
-use std::path::Path;
-
-use prip_protocols::cases;
 use prip_protocols::{comfyui::ComfyUi, Polarity, Protocol, Request};
+use prip_test_support::{cases, fixture};
 use serde_json::{json, Value};
 
 const MORE: &str = ", golden hour, highly detailed";
 
 fn template(name: &str) -> Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name);
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap()
+    fixture(&format!("comfyui/templates/{name}"))
 }
 
 /// Index of the node with `id` in a node list.

@@ -1,10 +1,10 @@
-//! Each protocol against the recorded fixtures (shared/fixtures).
+//! Each protocol against the recorded fixtures (tests/fixtures).
 
-use prip_protocols::cases::{self, fixture};
 use prip_protocols::{
     a1111::A1111, comfyui::ComfyUi, diffusers::Diffusers, openai_images::OpenAiImages, Extraction,
     Polarity, Protocol, Replacement, Request, Response, Slot,
 };
+use prip_test_support::{cases, fixture};
 use serde_json::{json, Value};
 
 fn extraction(p: &dyn Protocol, path: &str, body: &Value) -> Extraction {

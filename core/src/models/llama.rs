@@ -42,6 +42,12 @@ pub struct LlamaConfig {
     /// Whether the LM head shares the token embedding matrix.
     #[serde(default)]
     pub tie_word_embeddings: bool,
+    /// Rotary scaling for a longer context (`{"rope_type": "llama3", "factor": 8.0, ...}`,
+    /// `linear`, `yarn`, ...), as config.json writes it. Not implemented: [`Self::validate`]
+    /// refuses any value but null, since plain rotary positions would silently give the
+    /// model other positions than it was trained with.
+    #[serde(default)]
+    pub rope_scaling: Option<serde_json::Value>,
 }
 
 fn default_rms_eps() -> f64 {
@@ -65,8 +71,32 @@ impl LlamaConfig {
         self.hidden_size / self.num_attention_heads
     }
 
-    /// Refuses configs whose shapes cannot work, before any tensor is touched.
+    /// (input, output) width of the linear layer a LoRA `target` adapts (PEFT's module
+    /// names: `q_proj`, `k_proj`, `v_proj`, `o_proj`, `gate_proj`, `up_proj`,
+    /// `down_proj`); `None` for a name this model has no layer of.
+    pub fn lora_target_shape(&self, target: &str) -> Option<(usize, usize)> {
+        let (hd, q, kv) = (self.head_dim(), self.num_attention_heads, self.kv_heads());
+        Some(match target {
+            "q_proj" => (self.hidden_size, q * hd),
+            "k_proj" | "v_proj" => (self.hidden_size, kv * hd),
+            "o_proj" => (q * hd, self.hidden_size),
+            "gate_proj" | "up_proj" => (self.hidden_size, self.intermediate_size),
+            "down_proj" => (self.intermediate_size, self.hidden_size),
+            _ => return None,
+        })
+    }
+
+    /// Refuses configs whose shapes cannot work, or that ask for what this model does not
+    /// implement (`rope_scaling`), before any tensor is touched.
+    ///
+    /// # Errors
+    /// A one-line message naming the offending fields.
     pub fn validate(&self) -> std::result::Result<(), String> {
+        if let Some(scaling) = self.rope_scaling.as_ref().filter(|v| !v.is_null()) {
+            return Err(format!(
+                "rope_scaling {scaling} is not supported (only unscaled rotary positions are)"
+            ));
+        }
         let h = self.num_attention_heads;
         if self.hidden_size == 0 || h == 0 || self.num_hidden_layers == 0 || self.vocab_size == 0 {
             return Err("llama config has a zero dimension".into());
@@ -225,7 +255,7 @@ impl Llama {
             match mode {
                 OpsMode::Fused => Ok(Linear::quantized(QMatMul::from_qtensor(t)?, o, i)),
                 // Quantized matmuls pass no gradient to their input, which would cut
-                // every adapter below them off from the loss: training runs dense.
+                // every LoRA below them off from the loss: training runs dense.
                 OpsMode::Differentiable => Linear::dense(t.dequantize(device)?, None),
             }
         };
@@ -302,8 +332,8 @@ impl Llama {
             .reshape((b, t, self.cfg.hidden_size))
     }
 
-    /// Installs the LoRA adapters given as (layer, projection name, adapter); `None`
-    /// removes every adapter.
+    /// Installs the LoRAs given as (layer, projection name, LoRA); `None` removes every
+    /// LoRA.
     pub fn set_loras(&mut self, loras: Option<&[(usize, String, Lora)]>) -> Result<()> {
         for block in &mut self.layers {
             for name in LORA_TARGETS {
@@ -456,5 +486,81 @@ pub fn config_from_gguf(content: &gguf_file::Content) -> Result<LlamaConfig> {
             .unwrap_or(10_000.0) as f64,
         max_position_embeddings: u("context_length").unwrap_or(2048),
         tie_word_embeddings: !content.tensor_infos.contains_key("output.weight"),
+        rope_scaling: rope_scaling_from_gguf(content),
     })
+}
+
+/// A GGUF's rotary scaling as a config.json `rope_scaling` value, so that
+/// [`LlamaConfig::validate`] refuses a scaled GGUF as it refuses a scaled config.json:
+/// llama.cpp's `llama.rope.scaling.type`/`.factor` keys, or the `rope_freqs.weight`
+/// table its converter writes for llama3 scaling; `None` when the file has neither (or
+/// type `none`).
+fn rope_scaling_from_gguf(content: &gguf_file::Content) -> Option<serde_json::Value> {
+    use serde_json::json;
+    if content.tensor_infos.contains_key("rope_freqs.weight") {
+        return Some(json!({ "rope_type": "llama3", "rope_freqs": "rope_freqs.weight" }));
+    }
+    let md = &content.metadata;
+    let kind = md
+        .get("llama.rope.scaling.type")
+        .and_then(|v| v.to_string().ok())
+        .cloned();
+    let factor = md
+        .get("llama.rope.scaling.factor")
+        .and_then(|v| v.to_f32().ok());
+    match (kind.as_deref(), factor) {
+        (Some("none"), _) | (None, None | Some(1.0)) => None,
+        _ => {
+            Some(json!({ "rope_type": kind.unwrap_or_else(|| "linear".into()), "factor": factor }))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// SmolLM2-135M's config.json, the decoder's shapes.
+    fn smollm2(rope_scaling: Option<serde_json::Value>) -> serde_json::Value {
+        let mut cfg = serde_json::json!({
+            "vocab_size": 49152, "hidden_size": 576, "intermediate_size": 1536,
+            "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3,
+            "rms_norm_eps": 1e-5, "rope_theta": 100000.0, "max_position_embeddings": 8192,
+            "tie_word_embeddings": true
+        });
+        if let Some(v) = rope_scaling {
+            cfg["rope_scaling"] = v;
+        }
+        cfg
+    }
+
+    fn parse(v: serde_json::Value) -> LlamaConfig {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn absent_or_null_rope_scaling_is_accepted() {
+        assert_eq!(parse(smollm2(None)).validate(), Ok(()));
+        let null = parse(smollm2(Some(serde_json::Value::Null)));
+        assert_eq!(null.rope_scaling, None);
+        assert_eq!(null.validate(), Ok(()));
+    }
+
+    #[test]
+    fn rope_scaling_is_refused_in_one_line_naming_it() {
+        for scaling in [
+            serde_json::json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                               "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}),
+            serde_json::json!({"type": "linear", "factor": 2.0}),
+        ] {
+            let cfg = parse(smollm2(Some(scaling.clone())));
+            assert_eq!(cfg.rope_scaling.as_ref(), Some(&scaling));
+            let err = cfg.validate().unwrap_err();
+            assert!(err.starts_with("rope_scaling "), "{err}");
+            assert!(
+                err.contains("not supported") && !err.contains('\n'),
+                "{err}"
+            );
+        }
+    }
 }

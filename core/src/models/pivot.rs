@@ -271,18 +271,20 @@ impl PivotProjection {
     /// Loads (or initialises small, so an untrained pivot barely perturbs the decoder)
     /// the projection d_pivot -> d_model.
     pub fn load(d_pivot: usize, d_model: usize, vb: VarBuilder) -> Result<Self> {
-        let w = vb.get_with_hints(
-            (d_model, d_pivot),
-            "weight",
-            Init::Randn {
-                mean: 0.0,
-                stdev: 0.02 / (d_pivot as f64).sqrt(),
-            },
-        )?;
+        let w = vb.get_with_hints((d_model, d_pivot), "weight", Self::weight_init(d_pivot))?;
         let b = vb.get_with_hints(d_model, "bias", Init::Const(0.0))?;
         Ok(Self {
             proj: Linear::dense(w, Some(b))?,
         })
+    }
+
+    /// The initialisation of the weight [d_model, d_pivot] while untrained (the bias
+    /// starts at zero); the trainer builds the same parameter with it.
+    pub fn weight_init(d_pivot: usize) -> Init {
+        Init::Randn {
+            mean: 0.0,
+            stdev: 0.02 / (d_pivot as f64).sqrt(),
+        }
     }
 
     /// (batch, q, d_pivot) -> (batch, q, d_model).

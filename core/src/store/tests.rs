@@ -27,7 +27,7 @@ fn have_python() -> bool {
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
-    hex(&Sha256::digest(bytes))
+    format!("{:x}", Sha256::digest(bytes))
 }
 
 fn leak(s: impl Into<String>) -> &'static str {

@@ -267,7 +267,7 @@ mod tests {
     /// `(class, CONDITIONING input names, CONDITIONING output slots)` of every class in
     /// the recorded `/object_info` with a CONDITIONING input.
     fn conditioning_classes() -> Vec<(String, Vec<String>, Vec<usize>)> {
-        let info = crate::cases::fixture("comfyui/object_info.json");
+        let info = prip_test_support::fixture("comfyui/object_info.json");
         let is_cond = |v: &Value| v.get(0).and_then(Value::as_str) == Some("CONDITIONING");
         let mut out = Vec::new();
         for (class, def) in info.as_object().expect("object_info is an object") {
@@ -376,7 +376,7 @@ mod tests {
 
     #[test]
     fn seed_inputs_are_int_inputs_of_their_classes() {
-        let info = crate::cases::fixture("comfyui/object_info.json");
+        let info = prip_test_support::fixture("comfyui/object_info.json");
         for (class, input) in SEED_INPUTS {
             let ty = info
                 .pointer(&format!("/{class}/input/required/{input}/0"))

@@ -1,0 +1,103 @@
+//! Builds the built-in adapters: prip-guest compiled for wasm32 once per protocol,
+//! each module made a component, embedded in the binary by `src/builtin.rs`.
+//!
+//! The guests are built by a nested cargo into their own target directory
+//! (`target/wasm-guests`), so it never waits on the outer build's lock and later
+//! builds reuse it. Build scripts running at once take turns on it (a file lock).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const PROTOCOLS: [&str; 4] = ["a1111", "comfyui", "diffusers", "openai-images"];
+
+fn main() {
+    let manifest_dir = PathBuf::from(env("CARGO_MANIFEST_DIR"));
+    let root = manifest_dir.join("../..");
+    for watched in [
+        "adapters/wit",
+        "adapters/guest/src",
+        "adapters/guest/Cargo.toml",
+        "adapters/protocols/src",
+        "adapters/protocols/Cargo.toml",
+        "Cargo.lock",
+    ] {
+        println!("cargo:rerun-if-changed={}", root.join(watched).display());
+    }
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
+        .join("wasm-guests");
+    let out_dir = PathBuf::from(env("OUT_DIR"));
+    // Every protocol's guest is the same crate, written to the same file; two build
+    // scripts at once (a dev and a release build, `cargo clippy` beside `cargo test`)
+    // would otherwise read each other's module. Hold the directory until all are read.
+    std::fs::create_dir_all(&target_dir).expect("create the guests' target directory");
+    let lock = std::fs::File::create(target_dir.join("prip-build.lock")).expect("lock file");
+    lock.lock().expect("lock the guests' target directory");
+    let mut table = String::from("&[\n");
+    for protocol in PROTOCOLS {
+        let file = build_component(&root, &target_dir, &out_dir, protocol);
+        table.push_str(&format!(
+            "    ({protocol:?}, include_bytes!({:?})),\n",
+            file.display().to_string()
+        ));
+    }
+    table.push(']');
+    std::fs::write(out_dir.join("builtin.rs"), table).expect("write builtin.rs");
+    drop(lock);
+}
+
+/// Builds one protocol's guest and writes it as `OUT_DIR/<protocol>.wasm`, a component.
+fn build_component(root: &Path, target_dir: &Path, out_dir: &Path, protocol: &str) -> PathBuf {
+    let module = build_guest(root, target_dir, protocol);
+    let component = wit_component::ComponentEncoder::default()
+        .module(&module)
+        .and_then(|e| e.validate(true).encode())
+        .unwrap_or_else(|e| panic!("making the {protocol} adapter a component: {e:#}"));
+    let file = out_dir.join(format!("{protocol}.wasm"));
+    std::fs::write(&file, component).expect("write component");
+    file
+}
+
+fn env(key: &str) -> String {
+    std::env::var(key).unwrap_or_else(|_| panic!("cargo sets {key}"))
+}
+
+/// `cargo build` of prip-guest for one protocol; returns the core wasm module.
+fn build_guest(root: &Path, target_dir: &Path, protocol: &str) -> Vec<u8> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(root)
+        .args(["build", "--release", "--locked", "-p", "prip-guest"])
+        .args(["--target", "wasm32-unknown-unknown", "--features", protocol])
+        .arg("--target-dir")
+        .arg(target_dir);
+    // The outer build's flags and wrappers (clippy-driver under `cargo clippy`) are
+    // for the host crates, not for the guests.
+    for var in [
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "CARGO_BUILD_TARGET",
+        "CARGO_TARGET_DIR",
+    ] {
+        cmd.env_remove(var);
+    }
+    let out = cmd.output().expect("run cargo for the wasm adapters");
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let hint = if stderr.contains("wasm32-unknown-unknown")
+            && stderr.contains("target may not be installed")
+        {
+            "\nThe wasm32 target is missing: run `rustup toolchain install` in the repository \
+             (rust-toolchain.toml lists the target)."
+        } else {
+            ""
+        };
+        panic!("building the {protocol} adapter for wasm32 failed:{hint}\n{stderr}");
+    }
+    // One crate, one file name: read it before the next protocol overwrites it.
+    let wasm = target_dir.join("wasm32-unknown-unknown/release/prip_guest.wasm");
+    std::fs::read(&wasm).unwrap_or_else(|e| panic!("{}: {e}", wasm.display()))
+}
