@@ -6,7 +6,6 @@
 //! builds reuse it. Build scripts running at once take turns on it (a file lock).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 const PROTOCOLS: [&str; 4] = ["a1111", "comfyui", "diffusers", "openai-images"];
 
@@ -17,6 +16,7 @@ fn main() {
         "adapters/wit",
         "adapters/guest/src",
         "adapters/guest/Cargo.toml",
+        "adapters/guest/component.rs",
         "adapters/protocols/src",
         "adapters/protocols/Cargo.toml",
         "Cargo.lock",
@@ -49,11 +49,8 @@ fn main() {
 
 /// Builds one protocol's guest and writes it as `OUT_DIR/<protocol>.wasm`, a component.
 fn build_component(root: &Path, target_dir: &Path, out_dir: &Path, protocol: &str) -> PathBuf {
-    let module = build_guest(root, target_dir, protocol);
-    let component = wit_component::ComponentEncoder::default()
-        .module(&module)
-        .and_then(|e| e.validate(true).encode())
-        .unwrap_or_else(|e| panic!("making the {protocol} adapter a component: {e:#}"));
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let component = guest::build_component(&cargo, root, target_dir, protocol);
     let file = out_dir.join(format!("{protocol}.wasm"));
     std::fs::write(&file, component).expect("write component");
     file
@@ -63,41 +60,6 @@ fn env(key: &str) -> String {
     std::env::var(key).unwrap_or_else(|_| panic!("cargo sets {key}"))
 }
 
-/// `cargo build` of prip-guest for one protocol; returns the core wasm module.
-fn build_guest(root: &Path, target_dir: &Path, protocol: &str) -> Vec<u8> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.current_dir(root)
-        .args(["build", "--release", "--locked", "-p", "prip-guest"])
-        .args(["--target", "wasm32-unknown-unknown", "--features", protocol])
-        .arg("--target-dir")
-        .arg(target_dir);
-    // The outer build's flags and wrappers (clippy-driver under `cargo clippy`) are
-    // for the host crates, not for the guests.
-    for var in [
-        "RUSTFLAGS",
-        "CARGO_ENCODED_RUSTFLAGS",
-        "RUSTC_WRAPPER",
-        "RUSTC_WORKSPACE_WRAPPER",
-        "CARGO_BUILD_TARGET",
-        "CARGO_TARGET_DIR",
-    ] {
-        cmd.env_remove(var);
-    }
-    let out = cmd.output().expect("run cargo for the wasm adapters");
-    if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let hint = if stderr.contains("wasm32-unknown-unknown")
-            && stderr.contains("target may not be installed")
-        {
-            "\nThe wasm32 target is missing: run `rustup toolchain install` in the repository \
-             (rust-toolchain.toml lists the target)."
-        } else {
-            ""
-        };
-        panic!("building the {protocol} adapter for wasm32 failed:{hint}\n{stderr}");
-    }
-    // One crate, one file name: read it before the next protocol overwrites it.
-    let wasm = target_dir.join("wasm32-unknown-unknown/release/prip_guest.wasm");
-    std::fs::read(&wasm).unwrap_or_else(|e| panic!("{}: {e}", wasm.display()))
+mod guest {
+    include!("../guest/component.rs");
 }

@@ -1,9 +1,9 @@
-//! A protocol that misbehaves on request, for prip-proxy' sandbox tests: the body's
+//! A protocol that misbehaves on request, for prip-proxy's sandbox tests: the body's
 //! `do` field says how (`trap`, `loop`, `oom`, `garbage`); otherwise it reads a body as
 //! the diffusers protocol does (`prompt`, `negative_prompt`), on `POST /faulty`.
 //!
 //! Compiled for wasm32 only with the `faulty` feature, which prip-test-support's
-//! `faulty_component()` enables and prip-proxy' build script never does.
+//! `faulty_component()` enables and prip-proxy's build script never does.
 
 use prip_protocols::diffusers::Diffusers;
 use prip_protocols::{

@@ -1,6 +1,6 @@
 //! One protocol of prip-protocols exported as a component of `adapters/wit`.
 //!
-//! prip-proxy' build script compiles this crate for wasm32 once per protocol
+//! prip-proxy's build script compiles this crate for wasm32 once per protocol
 //! feature and turns each module into a component; the `faulty` feature, a
 //! misbehaving adapter for the sandbox tests, is built by prip-test-support instead.
 //! Built natively (as the workspace does for tests and lints) it only type-checks the

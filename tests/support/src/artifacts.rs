@@ -47,7 +47,7 @@ pub fn profile_dir() -> PathBuf {
 /// The misbehaving adapter (prip-guest's `faulty` feature: it traps, loops, hoards
 /// memory or answers garbage when the body's `do` field asks) as a component file,
 /// for the tests that load adapters from a directory. Built for wasm32 into
-/// `target/test-guests`, apart from the built-in adapters: prip-proxy' build script
+/// `target/test-guests`, apart from the built-in adapters: prip-proxy's build script
 /// never builds it, so no `prip` binary carries it.
 pub fn faulty_component() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
@@ -57,11 +57,12 @@ pub fn faulty_component() -> PathBuf {
                 .parent()
                 .expect("target/<profile>")
                 .join("test-guests");
-            let module = build_guest(&target, "faulty");
-            let component = wit_component::ComponentEncoder::default()
-                .module(&module)
-                .and_then(|e| e.validate(true).encode())
-                .unwrap_or_else(|e| panic!("making the faulty adapter a component: {e:#}"));
+            let component = guest::build_component(
+                env!("CARGO").as_ref(),
+                Path::new(env!("CARGO_MANIFEST_DIR")),
+                &target,
+                "faulty",
+            );
             // Test binaries running at once may each write it: rename a whole file into
             // place so that none reads another's half-written one.
             let file = target.join("faulty.wasm");
@@ -73,31 +74,6 @@ pub fn faulty_component() -> PathBuf {
         .clone()
 }
 
-/// `cargo build` of prip-guest for wasm32 with one feature into `target_dir`; returns
-/// the core module.
-fn build_guest(target_dir: &Path, feature: &str) -> Vec<u8> {
-    let mut cmd = Command::new(env!("CARGO"));
-    cmd.args(["build", "--release", "--locked", "-p", "prip-guest"])
-        .args(["--target", "wasm32-unknown-unknown", "--features", feature])
-        .arg("--target-dir")
-        .arg(target_dir)
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
-    // Flags and wrappers meant for the host crates are not for the guest.
-    for var in [
-        "RUSTFLAGS",
-        "CARGO_ENCODED_RUSTFLAGS",
-        "RUSTC_WRAPPER",
-        "RUSTC_WORKSPACE_WRAPPER",
-        "CARGO_BUILD_TARGET",
-        "CARGO_TARGET_DIR",
-    ] {
-        cmd.env_remove(var);
-    }
-    let status = cmd.status().expect("run cargo");
-    assert!(
-        status.success(),
-        "building prip-guest --features {feature} for wasm32 failed"
-    );
-    let wasm = target_dir.join("wasm32-unknown-unknown/release/prip_guest.wasm");
-    std::fs::read(&wasm).unwrap_or_else(|e| panic!("{}: {e}", wasm.display()))
+mod guest {
+    include!("../../../adapters/guest/component.rs");
 }

@@ -1,6 +1,6 @@
 //! Request cases built from the recorded fixtures ([`crate::fixtures_dir`]), run
 //! natively by prip-protocols' tests and, unchanged, through the WASM components by
-//! prip-proxy' tests, which check both give the same outcome.
+//! prip-proxy's tests, which check both give the same outcome.
 
 use prip_protocols::{Extraction, Polarity, Protocol, Replacement, Request, Response, Slot};
 use serde_json::{json, Value};
