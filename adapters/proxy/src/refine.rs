@@ -1,8 +1,12 @@
 //! Model work off the async threads: one worker thread owns the refiner and takes
 //! jobs from a bounded queue; jobs waiting when it comes round are refined as one
-//! batch.
+//! batch. The queue also knows how long a new job would wait ([`RefineQueue::expected_wait`]),
+//! so that under overload the proxy can forward a request unrefined at once instead of
+//! holding it for the whole refine timeout.
 
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use prip_core::{Refine, RefineRequest, Refined};
 use tokio::sync::{mpsc, oneshot};
@@ -30,7 +34,38 @@ struct Job {
 #[derive(Clone)]
 pub struct RefineQueue {
     tx: mpsc::Sender<Job>,
-    batches: Arc<std::sync::atomic::AtomicU64>,
+    load: Arc<Load>,
+}
+
+/// What the worker has in hand, shared with the submitters.
+#[derive(Debug, Default)]
+struct Load {
+    /// Batches run so far.
+    batches: AtomicU64,
+    /// Requests submitted and not yet answered or withdrawn.
+    pending: AtomicUsize,
+    /// Moving average of the refinement time per request, microseconds (f64 bits);
+    /// 0 until the first batch has run.
+    us_per_request: AtomicU64,
+}
+
+impl Load {
+    /// Folds one batch's duration into the per-request average (weight 0.3 for the new
+    /// batch: recent load matters, one odd batch does not decide).
+    fn record(&self, requests: usize, took: Duration) {
+        let now = took.as_secs_f64() * 1e6 / requests.max(1) as f64;
+        let old = f64::from_bits(self.us_per_request.load(Ordering::Relaxed));
+        let avg = if old == 0.0 {
+            now
+        } else {
+            0.7 * old + 0.3 * now
+        };
+        self.us_per_request.store(avg.to_bits(), Ordering::Relaxed);
+    }
+
+    fn done(&self, requests: usize) {
+        self.pending.fetch_sub(requests, Ordering::Relaxed);
+    }
 }
 
 impl std::fmt::Debug for RefineQueue {
@@ -48,8 +83,8 @@ impl RefineQueue {
         max_batch: usize,
     ) -> std::io::Result<Self> {
         let (tx, mut rx) = mpsc::channel::<Job>(capacity.max(1));
-        let batches = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let counter = batches.clone();
+        let load = Arc::new(Load::default());
+        let worker = load.clone();
         std::thread::Builder::new()
             .name("prip-refiner".into())
             .spawn(move || {
@@ -66,7 +101,13 @@ impl RefineQueue {
                         }
                     }
                     // A caller that gave up (timed out) no longer needs its requests.
-                    jobs.retain(|j| !j.reply.is_closed());
+                    jobs.retain(|j| {
+                        let wanted = !j.reply.is_closed();
+                        if !wanted {
+                            worker.done(j.requests.len());
+                        }
+                        wanted
+                    });
                     if jobs.is_empty() {
                         continue;
                     }
@@ -74,8 +115,11 @@ impl RefineQueue {
                         .iter()
                         .flat_map(|j| j.requests.iter().cloned())
                         .collect();
-                    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    worker.batches.fetch_add(1, Ordering::Relaxed);
+                    let started = Instant::now();
                     let mut results = refiner.refine_batch(&requests).into_iter();
+                    worker.record(requests.len(), started.elapsed());
+                    worker.done(requests.len());
                     for job in jobs {
                         let mine: Vec<_> = (0..job.requests.len())
                             .map(|_| {
@@ -88,19 +132,22 @@ impl RefineQueue {
                     }
                 }
             })?;
-        Ok(Self { tx, batches })
+        Ok(Self { tx, load })
     }
 
     /// Queues `requests` without waiting: they join whatever batch the worker takes
     /// next. Await the returned [`Pending`] for the results.
     pub fn submit(&self, requests: Vec<RefineRequest>) -> Result<Pending, QueueError> {
         let (reply, answer) = oneshot::channel();
-        self.tx
-            .try_send(Job { requests, reply })
-            .map_err(|e| match e {
+        let n = requests.len();
+        self.load.pending.fetch_add(n, Ordering::Relaxed);
+        self.tx.try_send(Job { requests, reply }).map_err(|e| {
+            self.load.done(n);
+            match e {
                 mpsc::error::TrySendError::Full(_) => QueueError::Full,
                 mpsc::error::TrySendError::Closed(_) => QueueError::Stopped,
-            })?;
+            }
+        })?;
         Ok(Pending(answer))
     }
 
@@ -111,7 +158,19 @@ impl RefineQueue {
 
     /// Batches run so far.
     pub fn batches(&self) -> u64 {
-        self.batches.load(std::sync::atomic::Ordering::Relaxed)
+        self.load.batches.load(Ordering::Relaxed)
+    }
+
+    /// How long `requests` more would take to be answered if submitted now: everything
+    /// pending plus them, at the recent refinement time per request. `None` until the
+    /// first batch has been measured (nothing is known yet, so nothing is refused).
+    pub fn expected_wait(&self, requests: usize) -> Option<Duration> {
+        let us = f64::from_bits(self.load.us_per_request.load(Ordering::Relaxed));
+        if us == 0.0 {
+            return None;
+        }
+        let queued = self.load.pending.load(Ordering::Relaxed) + requests;
+        Some(Duration::from_secs_f64(us * queued as f64 / 1e6))
     }
 }
 

@@ -662,3 +662,78 @@ async fn each_server_gets_details_where_it_keeps_them() {
         "ComfyUI keeps `#` text: {want:?}"
     );
 }
+
+/// The tiny refiner, slowed to `per_request` of model time per request: a machine where
+/// refining is the bottleneck.
+struct Slow {
+    inner: prip_core::Refiner,
+    per_request: Duration,
+}
+
+impl prip_core::Refine for Slow {
+    fn refine_batch(
+        &mut self,
+        requests: &[prip_core::RefineRequest],
+    ) -> Vec<Result<prip_core::Refined, String>> {
+        std::thread::sleep(self.per_request * requests.len() as u32);
+        self.inner.refine_batch(requests)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn under_overload_requests_go_upstream_at_once_and_none_is_lost() {
+    let fake = start_fake(Kind::A1111).await;
+    let timeout = Duration::from_secs(3);
+    let slow = Slow {
+        inner: tiny_refiner(),
+        per_request: Duration::from_millis(100),
+    };
+    let (proxy, metrics) = start_proxy_refining(host(), Box::new(slow), &fake.url(), |c| {
+        c.refine_timeout = timeout;
+    })
+    .await;
+    let addr = proxy.local_addr();
+    // One request first, so the queue has measured what a refinement costs.
+    let warm = post_json(addr, "/sdapi/v1/txt2img", &json!({"prompt": "a cat"})).await;
+    assert_eq!(warm.prip(), "refined");
+
+    let started = std::time::Instant::now();
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            tokio::spawn(async move {
+                let t = std::time::Instant::now();
+                let body = json!({"prompt": format!("a cat number {i}"), "seed": i});
+                let got = post_json(addr, "/sdapi/v1/txt2img", &body).await;
+                (got.status, got.prip().to_owned(), t.elapsed())
+            })
+        })
+        .collect();
+    let mut waits = Vec::new();
+    let mut outcomes = std::collections::BTreeMap::<String, usize>::new();
+    for t in tasks {
+        let (status, prip, waited) = t.await.unwrap();
+        assert_eq!(status, 200, "every request is answered by the upstream");
+        *outcomes.entry(prip).or_default() += 1;
+        waits.push(waited);
+    }
+    waits.sort();
+    let slowest = *waits.last().unwrap();
+    eprintln!(
+        "200 requests in {:?}: median wait {:?}, p95 {:?}, max {slowest:?}; {outcomes:?}",
+        started.elapsed(),
+        waits[100],
+        waits[190]
+    );
+    assert!(slowest < timeout + Duration::from_secs(1), "{slowest:?}");
+    assert!(
+        waits[150] < timeout / 2,
+        "most requests went upstream at once, not after the timeout: {:?}",
+        waits[150]
+    );
+    assert!(
+        outcomes.get("refined").copied().unwrap_or(0) > 0,
+        "{outcomes:?}"
+    );
+    assert!(metrics.failures("refine_overloaded") > 0);
+    assert_eq!(fake.seen().len(), 201, "none lost");
+}

@@ -191,6 +191,15 @@ async fn rewrite(state: &State, candidates: &[usize], original: &Original) -> Re
         .collect();
     // Equal texts in one request get one refinement, so the encoders that read them agree.
     let (unique, index) = distinct(&requests);
+    // Under overload, waiting would only delay the image: go upstream unrefined at once.
+    if state
+        .queue
+        .expected_wait(unique.len())
+        .is_some_and(|wait| wait > state.cfg.refine_timeout)
+    {
+        state.metrics.failure("refine_overloaded");
+        return Rewrite::Unchanged(Verdict::new(Outcome::Error, "refine_overloaded"));
+    }
     let results =
         match tokio::time::timeout(state.cfg.refine_timeout, state.queue.refine(unique)).await {
             Ok(Ok(results)) => results,

@@ -388,11 +388,21 @@ pub async fn start_proxy_with(
     upstream: &str,
     tune: impl FnOnce(&mut ServeConfig),
 ) -> (Running, Arc<Metrics>) {
+    start_proxy_refining(host, Box::new(tiny_refiner()), upstream, tune).await
+}
+
+/// A proxy whose queue runs `refiner`.
+pub async fn start_proxy_refining(
+    host: Arc<AdapterHost>,
+    refiner: Box<dyn prip_core::Refine>,
+    upstream: &str,
+    tune: impl FnOnce(&mut ServeConfig),
+) -> (Running, Arc<Metrics>) {
     let mut cfg = ServeConfig::new(upstream);
     cfg.seed = Some(SEED);
     cfg.upstream_timeout = Duration::from_secs(5);
     tune(&mut cfg);
-    let queue = RefineQueue::start(Box::new(tiny_refiner()), 512, 64).unwrap();
+    let queue = RefineQueue::start(refiner, 512, 8).unwrap();
     let proxy = Proxy::new(cfg, host, queue).unwrap();
     let metrics = proxy.metrics();
     let running = proxy.bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
