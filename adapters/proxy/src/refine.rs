@@ -44,23 +44,26 @@ struct Load {
     batches: AtomicU64,
     /// Requests submitted and not yet answered or withdrawn.
     pending: AtomicUsize,
-    /// Moving average of the refinement time per request, microseconds (f64 bits);
-    /// 0 until the first batch has run.
-    us_per_request: AtomicU64,
+    /// Decayed sums of recent batches' refinement time (microseconds) and size; their
+    /// ratio is the time per request. Weighting by size lets the large batches of a busy
+    /// queue, which cost less per request, outweigh the small ones of a quiet start.
+    /// Zero until the first batch has run.
+    recent: std::sync::Mutex<(f64, f64)>,
 }
 
 impl Load {
-    /// Folds one batch's duration into the per-request average (weight 0.3 for the new
-    /// batch: recent load matters, one odd batch does not decide).
+    /// Folds one batch into the recent sums (each older batch counts 0.7 as much as the
+    /// next: recent load matters, one odd batch does not decide).
     fn record(&self, requests: usize, took: Duration) {
-        let now = took.as_secs_f64() * 1e6 / requests.max(1) as f64;
-        let old = f64::from_bits(self.us_per_request.load(Ordering::Relaxed));
-        let avg = if old == 0.0 {
-            now
-        } else {
-            0.7 * old + 0.3 * now
-        };
-        self.us_per_request.store(avg.to_bits(), Ordering::Relaxed);
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        recent.0 = 0.7 * recent.0 + took.as_secs_f64() * 1e6;
+        recent.1 = 0.7 * recent.1 + requests as f64;
+    }
+
+    /// Recent refinement time per request, microseconds; `None` before any batch.
+    fn us_per_request(&self) -> Option<f64> {
+        let (us, n) = *self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        (n > 0.0).then(|| us / n)
     }
 
     fn done(&self, requests: usize) {
@@ -165,10 +168,7 @@ impl RefineQueue {
     /// pending plus them, at the recent refinement time per request. `None` until the
     /// first batch has been measured (nothing is known yet, so nothing is refused).
     pub fn expected_wait(&self, requests: usize) -> Option<Duration> {
-        let us = f64::from_bits(self.load.us_per_request.load(Ordering::Relaxed));
-        if us == 0.0 {
-            return None;
-        }
+        let us = self.load.us_per_request()?;
         let queued = self.load.pending.load(Ordering::Relaxed) + requests;
         Some(Duration::from_secs_f64(us * queued as f64 / 1e6))
     }

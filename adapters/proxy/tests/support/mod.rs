@@ -388,13 +388,14 @@ pub async fn start_proxy_with(
     upstream: &str,
     tune: impl FnOnce(&mut ServeConfig),
 ) -> (Running, Arc<Metrics>) {
-    start_proxy_refining(host, Box::new(tiny_refiner()), upstream, tune).await
+    start_proxy_refining(host, Box::new(tiny_refiner()), 64, upstream, tune).await
 }
 
-/// A proxy whose queue runs `refiner`.
+/// A proxy whose queue runs `refiner` in batches of at most `max_batch` requests.
 pub async fn start_proxy_refining(
     host: Arc<AdapterHost>,
     refiner: Box<dyn prip_core::Refine>,
+    max_batch: usize,
     upstream: &str,
     tune: impl FnOnce(&mut ServeConfig),
 ) -> (Running, Arc<Metrics>) {
@@ -402,7 +403,7 @@ pub async fn start_proxy_refining(
     cfg.seed = Some(SEED);
     cfg.upstream_timeout = Duration::from_secs(5);
     tune(&mut cfg);
-    let queue = RefineQueue::start(refiner, 512, 8).unwrap();
+    let queue = RefineQueue::start(refiner, 512, max_batch).unwrap();
     let proxy = Proxy::new(cfg, host, queue).unwrap();
     let metrics = proxy.metrics();
     let running = proxy.bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
