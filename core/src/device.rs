@@ -62,11 +62,20 @@ impl DeviceSpec {
 
 #[cfg(feature = "cuda")]
 fn cuda(n: usize) -> Result<Device> {
-    // Device::new_cuda panics inside cudarc when no driver library can be loaded.
-    if !candle_core::cuda::cudarc::driver::sys::is_culib_present() {
-        return Err(Error::Device("no CUDA driver found on this machine".into()));
-    }
-    Device::new_cuda(n).map_err(|e| {
+    // candle 0.11.1 links cudarc with `dynamic-linking`, so a CUDA build starts only where
+    // libcuda is installed, and cudarc's load-time probe (`is_culib_present`) does not
+    // exist. What can still go wrong (no device, an ordinal out of range, a driver too
+    // old) is an error from cuInit/cuDeviceGet; a panic inside cudarc is caught here too,
+    // so `auto` falls back to the CPU and `cuda:N` is a one-line error, never a crash.
+    let opened = std::panic::catch_unwind(|| Device::new_cuda(n)).unwrap_or_else(|panic| {
+        let why = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "the CUDA driver panicked".into());
+        Err(candle_core::Error::Msg(why))
+    });
+    opened.map_err(|e| {
         Error::Device(format!(
             "cuda:{n}: {}",
             crate::error::one_line(&e.to_string())
