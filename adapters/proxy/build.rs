@@ -23,8 +23,10 @@ fn main() {
     ] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
+    // A relative CARGO_TARGET_DIR is relative to where cargo ran, not to this script's
+    // folder; the workspace root is where it is given in practice.
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
+        .map(|dir| root.join(dir))
         .unwrap_or_else(|| root.join("target"))
         .join("wasm-guests");
     let out_dir = PathBuf::from(env("OUT_DIR"));
