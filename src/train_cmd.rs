@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 use prip_core::store::ModelStore;
 use prip_trainer::config::TrainConfig;
+use prip_trainer::distributed::{launch, without_flag, Gpus, LaunchPlan, World};
 use prip_trainer::recipe::{make_default_data, RecipeOptions};
 use prip_trainer::run::Start;
 use prip_trainer::stage::{self, Stage};
@@ -60,6 +61,11 @@ pub struct StageArgs {
     /// Discard an interrupted run of this stage and start over.
     #[arg(long)]
     pub restart: bool,
+    /// Data-parallel training on this machine's GPUs (all, or the first N): one process
+    /// per GPU, gradients averaged with NCCL. Several machines: set NNODES, NODE_RANK,
+    /// MASTER_ADDR (and MASTER_PORT) on each, as for torchrun.
+    #[arg(long, value_name = "all|N")]
+    pub gpus: Option<Gpus>,
 }
 
 /// Runs `prip train ...`.
@@ -98,6 +104,10 @@ pub fn run(cmd: TrainCommand) -> anyhow::Result<ExitCode> {
         TrainCommand::Adapt { system, args } => (Stage::Adapt { system }, args),
     };
     let cfg = TrainConfig::load(&args.train_config)?;
+    if let Some(gpus) = args.gpus {
+        launch_gpus(gpus)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let start = match (args.resume, args.restart) {
         (true, _) => Start::Resume,
         (_, true) => Start::Restart,
@@ -106,6 +116,9 @@ pub fn run(cmd: TrainCommand) -> anyhow::Result<ExitCode> {
     let store = ModelStore::from_env()?;
     let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let s = stage::run(&stage, &cfg, &store, start, progress)?;
+    if World::from_env()?.rank != 0 {
+        return Ok(ExitCode::SUCCESS);
+    }
     let resumed = s
         .resumed_from
         .map(|r| format!(" (resumed at step {r})"))
@@ -128,4 +141,28 @@ pub fn run(cmd: TrainCommand) -> anyhow::Result<ExitCode> {
         s.plot.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--gpus`: starts this same command once per GPU (without `--gpus`), with torchrun's
+/// variables set, and waits for all of them.
+fn launch_gpus(gpus: Gpus) -> anyhow::Result<()> {
+    if std::env::var_os("WORLD_SIZE").is_some() {
+        anyhow::bail!(
+            "--gpus starts one process per GPU itself; with WORLD_SIZE set, start each process without --gpus"
+        );
+    }
+    let have =
+        prip_core::device::cuda_device_count().map_err(|e| anyhow::anyhow!("--gpus: {e}"))?;
+    let n = match gpus {
+        Gpus::All => have,
+        Gpus::Count(n) => n,
+    };
+    if n == 0 || n > have {
+        anyhow::bail!("--gpus {n}: this machine has {have} GPU(s)");
+    }
+    let plan = LaunchPlan::new(n, |k| std::env::var(k).ok())?;
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let exe = std::env::current_exe()?;
+    launch(&exe, &without_flag(&args, "--gpus"), &plan)?;
+    Ok(())
 }

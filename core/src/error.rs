@@ -77,6 +77,29 @@ impl Error {
     }
 }
 
+/// Whether an error's text says a device ran out of memory: CUDA's
+/// `CUDA_ERROR_OUT_OF_MEMORY` (as candle and cudarc print it), cuBLAS's failed
+/// allocation, or an allocator's "out of memory".
+pub fn is_out_of_memory(text: &str) -> bool {
+    text.contains("CUDA_ERROR_OUT_OF_MEMORY")
+        || text.contains("CUBLAS_STATUS_ALLOC_FAILED")
+        || text.to_ascii_lowercase().contains("out of memory")
+}
+
+impl Error {
+    /// For the code that chose a batch's size: an out-of-memory error becomes one line
+    /// naming the batch that was tried (`batch` of `what`, e.g. "prompts") and what to
+    /// lower; any other error is returned as it is.
+    pub fn with_batch_hint(self, batch: usize, what: &str, lower: &str) -> Error {
+        if !is_out_of_memory(&self.to_string()) {
+            return self;
+        }
+        Error::Device(format!(
+            "out of device memory with a batch of {batch} {what}; lower {lower}"
+        ))
+    }
+}
+
 /// Error text as one line, for a terminal, a log field, a JSON reply or a C string: the
 /// lines of `text`, trimmed and joined by one space, without empty lines, without the
 /// frames of a Rust backtrace (which candle attaches to its errors under
@@ -127,6 +150,23 @@ mod tests {
             unknown.to_string(),
             "unknown system \"nope\" (this model has: base, sdxl)"
         );
+    }
+
+    #[test]
+    fn out_of_memory_names_the_batch() {
+        // As candle 0.11 prints a cudarc driver error.
+        let oom = Error::Candle(candle_core::Error::Msg(
+            "DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")".into(),
+        ));
+        assert_eq!(
+            oom.with_batch_hint(32, "prompts", "the number of prompts per call")
+                .to_string(),
+            "device: out of device memory with a batch of 32 prompts; lower the number of prompts per call"
+        );
+        let other = Error::Config("x".into()).with_batch_hint(32, "prompts", "it");
+        assert_eq!(other.to_string(), "invalid config: x");
+        assert!(super::is_out_of_memory("CUBLAS_STATUS_ALLOC_FAILED"));
+        assert!(!super::is_out_of_memory("shape mismatch"));
     }
 
     #[test]

@@ -39,6 +39,9 @@ pub enum TrainError {
         /// The last reason.
         last: String,
     },
+    /// The device ran out of memory; the message names the batch size and what to lower.
+    #[error("{0}")]
+    OutOfMemory(String),
     /// A loss or gradient became NaN or infinite.
     #[error("non-finite value: {0}")]
     NonFinite(String),

@@ -9,6 +9,7 @@
 pub mod config;
 pub mod data;
 pub mod diffusiondb;
+pub mod distributed;
 pub mod error;
 pub mod eval;
 pub mod image;

@@ -15,6 +15,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use prip_core::checkpoint::{Checkpoint, Manifest, SystemConfig, MANIFEST};
@@ -22,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::RunSettings;
 use crate::data::{BadLines, Stream};
+use crate::distributed::{agree, broadcast_params, shard, sync_step, GradientSync, Single};
 use crate::objective::{head_tensors, lora_set, Objective};
 use crate::optim::{AdamW, OptimConfig};
 use crate::plot::loss_svg;
@@ -105,6 +107,44 @@ pub fn train<O: Objective>(
     start: Start,
     progress: bool,
 ) -> Result<Summary> {
+    train_with(
+        objective,
+        out,
+        stage,
+        files,
+        settings,
+        optim,
+        start,
+        progress,
+        &mut Single,
+    )
+}
+
+/// [`train`] as one rank of a data-parallel group: every step takes a global batch of
+/// `batch_size` records per rank, trains on this rank's share, and averages the gradients
+/// over `sync` before the optimiser step. Only rank 0 writes snapshots, the exported
+/// checkpoint, metrics and the plot; the others read the snapshot when resuming, so
+/// `out` must be on storage every machine sees.
+#[allow(clippy::too_many_arguments)]
+pub fn train_with<O: Objective>(
+    objective: &mut O,
+    out: &Checkpoint,
+    stage: &str,
+    files: &[PathBuf],
+    settings: &RunSettings,
+    optim: &OptimConfig,
+    start: Start,
+    progress: bool,
+    sync: &mut dyn GradientSync,
+) -> Result<Summary> {
+    let (rank, world) = (sync.rank(), sync.world_size());
+    let writer = rank == 0;
+    let global_batch = settings.batch_size * world;
+    let device = objective
+        .trainable()
+        .first()
+        .map(|(_, v)| v.device().clone())
+        .unwrap_or(candle_core::Device::Cpu);
     let run_dir = out.dir.join("runs").join(stage);
     let snaps = run_dir.join("snapshots");
     let metrics_path = run_dir.join("metrics.jsonl");
@@ -113,25 +153,16 @@ pub fn train<O: Objective>(
         Some(s) => s,
         None => {
             let n = Stream::<O::Record>::count(files, settings.max_bad_share)?;
-            ((n as f64 * settings.epochs) / settings.batch_size as f64).ceil() as usize
+            ((n as f64 * settings.epochs) / global_batch as f64).ceil() as usize
         }
     }
     .max(1);
-    let latest = latest_snapshot(&snaps)?;
-    match (start, &latest) {
-        (Start::Fresh, Some((step, _))) if *step < total => {
-            return Err(TrainError::Config(format!(
-                "{} holds an unfinished {stage} run (step {step} of {total}); pass --resume to continue it or --restart to discard it",
-                run_dir.display()
-            )))
-        }
-        // A finished run is history: a fresh one replaces it.
-        (Start::Fresh, Some(_)) | (Start::Restart, _) if run_dir.exists() => {
-            fs::remove_dir_all(&run_dir).map_err(|e| TrainError::io(&run_dir, e))?
-        }
-        _ => {}
-    }
-    fs::create_dir_all(&snaps).map_err(|e| TrainError::io(&snaps, e))?;
+    let prepared = if writer {
+        prepare_run_dir(&run_dir, &snaps, stage, start, total)
+    } else {
+        Ok(())
+    };
+    agree(sync, &device, prepared)?;
 
     let mut stream = Stream::<O::Record>::new(
         files.to_vec(),
@@ -153,12 +184,16 @@ pub fn train<O: Objective>(
             stream.seek(state.epoch, state.taken)?;
             step = s;
             resumed_from = Some(s);
-            truncate_metrics(&metrics_path, s)?;
+            if writer {
+                truncate_metrics(&metrics_path, s)?;
+            }
             tracing::info!("resumed {stage} at step {s} of {}", state.total);
         }
     }
+    let trainable = objective.trainable();
+    broadcast_params(sync, &trainable)?;
 
-    let bar = if progress {
+    let bar = if progress && writer {
         let b = ProgressBar::new(total as u64);
         b.set_style(
             ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ({eta} left)")
@@ -171,28 +206,52 @@ pub fn train<O: Objective>(
     } else {
         ProgressBar::hidden()
     };
-    let mut metrics = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&metrics_path)
-        .map_err(|e| TrainError::io(&metrics_path, e))?;
+    let mut metrics = if writer {
+        Some(
+            fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&metrics_path)
+                .map_err(|e| TrainError::io(&metrics_path, e))?,
+        )
+    } else {
+        None
+    };
     let started = Instant::now();
     let mut losses = Vec::new();
     let mut tokens_total = 0usize;
     let mut last_good = resumed_from;
     while step < total {
         let t0 = Instant::now();
-        let batch = stream.next_batch(settings.batch_size)?;
+        let batch = stream.next_batch(global_batch)?;
+        let mine = shard(&batch, rank, settings.batch_size);
         let epoch = stream.epoch();
-        let seed = settings.seed ^ ((step as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03));
-        let out_loss = objective.loss(&batch, seed)?;
+        // Each rank draws its own noise (rank 0 the same as a one-process run).
+        let seed = settings.seed
+            ^ ((step as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03))
+            ^ (rank as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let oom = |e| out_of_memory(e, settings.batch_size, world);
+        let out_loss = objective.loss(mine, seed).map_err(oom)?;
         for (i, why) in &out_loss.rejected {
-            stream.reject(&batch[*i], why)?;
+            stream.reject(&mine[*i], why)?;
         }
-        let Some(loss_t) = &out_loss.loss else {
-            continue;
+        let local = match &out_loss.loss {
+            None => None,
+            Some(loss_t) => {
+                let loss = loss_t.to_scalar::<f32>()? as f64;
+                let grads = if loss.is_finite() {
+                    loss_t.backward().map_err(|e| oom(e.into()))?
+                } else {
+                    GradStore::default()
+                };
+                Some((loss, grads))
+            }
         };
-        let loss = loss_t.to_scalar::<f32>()? as f64;
+        let (grads, totals) = sync_step(sync, &trainable, local, out_loss.tokens)?;
+        if totals.ranks_with_loss == 0 {
+            continue;
+        }
+        let loss = totals.loss;
         if !loss.is_finite() {
             return Err(non_finite(
                 step + 1,
@@ -201,18 +260,17 @@ pub fn train<O: Objective>(
                 &out.dir,
             ));
         }
-        let grads = loss_t.backward()?;
         let lr = optim.lr_at(step, total);
         let grad_norm = match opt.step(&grads, lr) {
             Ok(n) => n,
             Err(TrainError::NonFinite(what)) => {
                 return Err(non_finite(step + 1, &what, last_good, &out.dir))
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(oom(e)),
         };
         step += 1;
         let secs = t0.elapsed().as_secs_f64().max(1e-9);
-        tokens_total += out_loss.tokens;
+        tokens_total += totals.tokens;
         losses.push(loss);
         let m = StepMetrics {
             step,
@@ -220,15 +278,17 @@ pub fn train<O: Objective>(
             loss,
             lr,
             grad_norm,
-            tokens: out_loss.tokens,
-            tokens_per_s: out_loss.tokens as f64 / secs,
+            tokens: totals.tokens,
+            tokens_per_s: totals.tokens as f64 / secs,
             bad_lines: stream.bad.bad,
         };
-        let line = serde_json::to_string(&m).map_err(|e| TrainError::Config(e.to_string()))?;
-        writeln!(metrics, "{line}").map_err(|e| TrainError::io(&metrics_path, e))?;
+        if let Some(metrics) = &mut metrics {
+            let line = serde_json::to_string(&m).map_err(|e| TrainError::Config(e.to_string()))?;
+            writeln!(metrics, "{line}").map_err(|e| TrainError::io(&metrics_path, e))?;
+        }
         bar.set_message(format!("loss {loss:.4} · {:.0} tok/s", m.tokens_per_s));
         bar.inc(1);
-        if step % settings.save_every == 0 || step == total {
+        if writer && (step % settings.save_every == 0 || step == total) {
             let state = RunState {
                 step,
                 total,
@@ -267,6 +327,48 @@ pub fn train<O: Objective>(
         metrics: metrics_path,
         plot: plot_path,
     })
+}
+
+/// Rank 0's set-up of the stage's run directory: refuses to overwrite an unfinished run
+/// unless asked, clears a finished or discarded one.
+fn prepare_run_dir(
+    run_dir: &Path,
+    snaps: &Path,
+    stage: &str,
+    start: Start,
+    total: usize,
+) -> Result<()> {
+    let latest = latest_snapshot(snaps)?;
+    match (start, &latest) {
+        (Start::Fresh, Some((step, _))) if *step < total => {
+            return Err(TrainError::Config(format!(
+                "{} holds an unfinished {stage} run (step {step} of {total}); pass --resume to continue it or --restart to discard it",
+                run_dir.display()
+            )))
+        }
+        // A finished run is history: a fresh one replaces it.
+        (Start::Fresh, Some(_)) | (Start::Restart, _) if run_dir.exists() => {
+            fs::remove_dir_all(run_dir).map_err(|e| TrainError::io(run_dir, e))?
+        }
+        _ => {}
+    }
+    fs::create_dir_all(snaps).map_err(|e| TrainError::io(snaps, e))
+}
+
+/// A step's failure, with what to lower when the device ran out of memory.
+fn out_of_memory(e: TrainError, batch_size: usize, world: usize) -> TrainError {
+    let text = e.to_string();
+    if !prip_core::error::is_out_of_memory(&text) {
+        return e;
+    }
+    let per = if world > 1 {
+        format!(" per process ({world} processes)")
+    } else {
+        String::new()
+    };
+    TrainError::OutOfMemory(format!(
+        "out of device memory at batch_size {batch_size}{per}; lower [run] batch_size in the training config (or train on more GPUs)"
+    ))
 }
 
 fn non_finite(step: usize, what: &str, last_good: Option<usize>, out: &Path) -> TrainError {
@@ -479,4 +581,28 @@ fn tmp_path(path: &Path) -> PathBuf {
 
 fn rename(from: &Path, to: &Path) -> Result<()> {
     fs::rename(from, to).map_err(|e| TrainError::io(to, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn out_of_memory_names_the_batch_size_to_lower() {
+        // As candle 0.11 prints cudarc's driver error.
+        let oom = || {
+            TrainError::Candle(candle_core::Error::Msg(
+                "DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")".into(),
+            ))
+        };
+        assert_eq!(
+            out_of_memory(oom(), 32, 1).to_string(),
+            "out of device memory at batch_size 32; lower [run] batch_size in the training config (or train on more GPUs)"
+        );
+        assert!(out_of_memory(oom(), 8, 4)
+            .to_string()
+            .contains("batch_size 8 per process (4 processes)"));
+        let other = out_of_memory(TrainError::Config("bad".into()), 32, 1);
+        assert_eq!(other.to_string(), "bad");
+    }
 }

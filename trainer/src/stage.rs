@@ -6,9 +6,10 @@ use prip_core::device::DeviceSpec;
 use prip_core::store::ModelStore;
 
 use crate::config::TrainConfig;
+use crate::distributed::{agree, open_sync, World};
 use crate::image::ImageEncoder;
 use crate::objective::{DecoderObjective, EncoderObjective, Parts};
-use crate::run::{prepare_out, train, Start, Summary};
+use crate::run::{prepare_out, train_with, Start, Summary};
 use crate::{Result, TrainError};
 
 /// A training stage.
@@ -55,9 +56,20 @@ pub fn run(
             )));
         }
     }
-    let device = cfg.device.parse::<DeviceSpec>()?.open()?;
-    let base = Checkpoint::find(&cfg.base, store)?;
-    let out = prepare_out(&base, &cfg.out)?;
+    let world = World::from_env()?;
+    let device = rank_device(cfg.device.parse::<DeviceSpec>()?, &world)?;
+    let mut sync = open_sync(&world, &device)?;
+    // Rank 0 makes the output checkpoint; the others open it once it is there.
+    let made = if world.is_writer() {
+        Checkpoint::find(&cfg.base, store)
+            .map_err(TrainError::from)
+            .and_then(|base| prepare_out(&base, &cfg.out))
+            .map(|_| ())
+    } else {
+        Ok(())
+    };
+    agree(sync.as_mut(), &device, made)?;
+    let out = Checkpoint::open(&cfg.out)?;
     let name = stage.run_name();
     let image = cfg
         .image_encoder
@@ -69,8 +81,16 @@ pub fn run(
             let mut parts = Parts::open(out.clone(), store, true, None, &device)?;
             parts.image = image.clone();
             let mut obj = EncoderObjective::new(&parts, cfg.encoder.target)?;
-            train(
-                &mut obj, &out, &name, &cfg.train, &cfg.run, &cfg.optim, start, progress,
+            train_with(
+                &mut obj,
+                &out,
+                &name,
+                &cfg.train,
+                &cfg.run,
+                &cfg.optim,
+                start,
+                progress,
+                sync.as_mut(),
             )
         }
         Stage::WarmupDecoder | Stage::Adapt { .. } => {
@@ -81,9 +101,29 @@ pub fn run(
             let mut parts = Parts::open(out.clone(), store, true, Some(system), &device)?;
             parts.image = image.clone();
             let mut obj = DecoderObjective::new(&parts, system, projection, cfg.decoder.clone())?;
-            train(
-                &mut obj, &out, &name, &cfg.train, &cfg.run, &cfg.optim, start, progress,
+            train_with(
+                &mut obj,
+                &out,
+                &name,
+                &cfg.train,
+                &cfg.run,
+                &cfg.optim,
+                start,
+                progress,
+                sync.as_mut(),
             )
         }
     }
+}
+
+/// The device of this process: the configured one for a single process; in a
+/// data-parallel run, GPU `LOCAL_RANK` when the config says `auto` or `cuda:N`, the CPU
+/// when it says `cpu`.
+fn rank_device(spec: DeviceSpec, world: &World) -> Result<candle_core::Device> {
+    let spec = match spec {
+        DeviceSpec::Cpu => DeviceSpec::Cpu,
+        _ if world.is_distributed() => DeviceSpec::Cuda(world.local_rank),
+        other => other,
+    };
+    Ok(spec.open()?)
 }

@@ -80,7 +80,12 @@ impl Fixture {
     }
 
     fn config(&self, corpus: &str, out: &str, extra: &str) -> TrainConfig {
-        let text = format!("base = \"base\"\nout = \"{out}\"\ntrain = [\"{corpus}\"]\n{extra}");
+        // PRIP_TEST_DEVICE (e.g. cuda:0) runs the stages on another device; scripts/gpu-check.sh
+        // sets it.
+        let device = std::env::var("PRIP_TEST_DEVICE").unwrap_or_else(|_| "cpu".into());
+        let text = format!(
+            "base = \"base\"\nout = \"{out}\"\ntrain = [\"{corpus}\"]\ndevice = \"{device}\"\n{extra}"
+        );
         let p = self.path(&format!("{out}.toml"));
         std::fs::write(&p, text).unwrap();
         TrainConfig::load(&p).unwrap()
@@ -480,4 +485,71 @@ fn image_pivots_come_from_a_clip_vision_tower() {
     let cfg = f.config("image-prefs.jsonl", "out2", STEPS);
     let err = stage::run(&Stage::WarmupEncoder, &cfg, &f.store, Start::Fresh, false).unwrap_err();
     assert!(err.to_string().contains("image_encoder"), "{err}");
+}
+
+/// Two ranks (threads joined over TCP, as `RANK`/`WORLD_SIZE` processes would be) train
+/// the decoder warm-up data-parallel: both end with the same weights, only rank 0 writes
+/// metrics and the checkpoint, and each step covers both ranks' records.
+#[test]
+fn two_ranks_train_in_step_and_only_rank_0_writes() {
+    use prip_trainer::distributed::{open_sync, World};
+    use prip_trainer::run::train_with;
+
+    let f = Fixture::new();
+    let cfg = f.config("system.jsonl", "out", STEPS);
+    let out = prepare_out(&Checkpoint::open(&f.path("base")).unwrap(), &f.path("out")).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let f = std::sync::Arc::new(f);
+    let ranks: Vec<_> = (0..2)
+        .map(|rank| {
+            let (f, cfg, out) = (f.clone(), cfg.clone(), out.clone());
+            std::thread::spawn(move || {
+                let dev = candle_core::Device::Cpu;
+                let world = World {
+                    rank,
+                    world_size: 2,
+                    local_rank: rank,
+                    master_addr: "127.0.0.1".into(),
+                    master_port: port,
+                };
+                let mut sync = open_sync(&world, &dev).unwrap();
+                let parts = Parts::open(out.clone(), &f.store, false, Some("base"), &dev).unwrap();
+                let mut obj =
+                    DecoderObjective::new(&parts, "base", true, DecoderSettings::default())
+                        .unwrap();
+                let s = train_with(
+                    &mut obj,
+                    &out,
+                    "warmup-decoder",
+                    &cfg.train,
+                    &cfg.run,
+                    &cfg.optim,
+                    Start::Fresh,
+                    false,
+                    sync.as_mut(),
+                )
+                .unwrap();
+                let weights: Vec<Vec<f32>> = obj
+                    .trainable()
+                    .iter()
+                    .map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1().unwrap())
+                    .collect();
+                (s, weights)
+            })
+        })
+        .collect();
+    let done: Vec<_> = ranks.into_iter().map(|h| h.join().unwrap()).collect();
+    assert_eq!(done[0].1, done[1].1, "the ranks' weights diverged");
+    let l = losses(&done[0].0.metrics);
+    assert_eq!(l.len(), 30);
+    assert!(mean(&l[25..]) < l[0] - 0.1, "{l:?}");
+    let metrics = std::fs::read_to_string(&done[0].0.metrics).unwrap();
+    let first: serde_json::Value = serde_json::from_str(metrics.lines().next().unwrap()).unwrap();
+    // Two ranks of batch_size 4: 8 records' tokens per step.
+    assert!(first["tokens"].as_u64().unwrap() > 8, "{first}");
+    assert!(f.path("out/lora/base.safetensors").is_file());
 }
