@@ -13,13 +13,17 @@ pub mod distributed;
 pub mod error;
 pub mod eval;
 pub mod image;
+pub mod net;
 pub mod objective;
 pub mod optim;
 pub mod params;
 pub mod plot;
 pub mod recipe;
+pub mod render;
 pub mod run;
+pub mod score;
 pub mod stage;
+pub mod tally;
 pub mod targets;
 
 pub use error::{Result, TrainError};

@@ -390,6 +390,16 @@ fn write_tiny_clip(dir: &Path) {
     };
     let vm = VarMap::new();
     let vb = VarBuilder::from_varmap(&vm, candle_core::DType::F32, &candle_core::Device::Cpu);
+    // A stored class embedding: without one candle's CLIP draws a random one per load.
+    vb.get_with_hints(
+        32,
+        "vision_model.embeddings.class_embedding",
+        Init::Randn {
+            mean: 0.0,
+            stdev: 0.2,
+        },
+    )
+    .unwrap();
     ClipVisionTransformer::new(vb.pp("vision_model"), &cfg).unwrap();
     vb.get_with_hints(
         (32, 32),
