@@ -13,8 +13,9 @@ use tokenizers::Tokenizer;
 
 use crate::files::{load_tokenizer, read_json, safetensors_vb};
 use crate::lora::LoraSet;
-use crate::models::llama::{KvCache, Llama, LlamaConfig};
+use crate::models::llama::{KvCache, Llama, LlamaConfig, LlamaPreparation};
 use crate::models::pivot::PivotProjection;
+use crate::models::quantized::{self, CpuKernels};
 use crate::nn::OpsMode;
 use crate::sampling::{GenerationConfig, RowSampler};
 use crate::{Error, Result};
@@ -47,8 +48,6 @@ pub struct DecoderLm {
     pub tokenizer: Tokenizer,
     /// Ids that end a generation (EOS and the like).
     pub stop_ids: HashSet<u32>,
-    /// Ids whose text contains a newline.
-    pub newline_ids: HashSet<u32>,
     /// Id used for padding and for finished rows.
     pub pad_id: u32,
 }
@@ -72,7 +71,12 @@ impl DecoderLm {
                 .map(|v| v as u32);
             Self::assemble(lm, tokenizer, eos)
         } else {
-            let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+            let prepared = Self::prepared(path, device, mode);
+            let path = prepared.as_deref().unwrap_or(path);
+            // GGUF metadata is ~100k small strings (the vocabulary): unbuffered, each
+            // is two read syscalls.
+            let mut file =
+                std::io::BufReader::new(std::fs::File::open(path).map_err(|e| Error::io(path, e))?);
             let content =
                 gguf_file::Content::read(&mut file).map_err(|e| Error::bad_file(path, e))?;
             let lm = Llama::from_gguf(&content, &mut file, device, mode)
@@ -86,6 +90,28 @@ impl DecoderLm {
             };
             let eos = crate::gguf_tokenizer::special_tokens(&content).eos;
             Self::assemble(lm, tokenizer, eos)
+        }
+    }
+
+    /// The CPU layout's copy of a GGUF ([`quantized::prepared_file`]), made on first use;
+    /// `None` on a GPU, for training, or when the copy cannot be written (the matrices
+    /// are then prepared in memory at every load).
+    fn prepared(path: &Path, device: &Device, mode: OpsMode) -> Option<std::path::PathBuf> {
+        if !device.is_cpu() || mode != OpsMode::Fused {
+            return None;
+        }
+        let plan = |content: &gguf_file::Content| {
+            crate::models::llama::config_from_gguf(content).map(LlamaPreparation)
+        };
+        match quantized::prepared_file(path, CpuKernels::detect(), plan) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                tracing::warn!(
+                    "{}: no prepared copy ({e}); preparing in memory",
+                    path.display()
+                );
+                None
+            }
         }
     }
 
@@ -103,22 +129,22 @@ impl DecoderLm {
                 stop_ids.insert(id);
             }
         }
-        let newline_ids = (0..vocab as u32)
-            .filter(|&id| {
-                tokenizer
-                    .decode(&[id], false)
-                    .map(|s| s.contains('\n'))
-                    .unwrap_or(false)
-            })
-            .collect();
         let pad_id = eos.unwrap_or(0);
         Ok(Self {
             lm,
             tokenizer,
             stop_ids,
-            newline_ids,
             pad_id,
         })
+    }
+
+    /// Whether token `id`'s text contains a newline. Asked of drawn tokens only: finding
+    /// every newline token up front means decoding the whole vocabulary at each start
+    /// (30 ms of SmolLM2-135M's load).
+    pub fn is_newline(&self, id: u32) -> bool {
+        self.tokenizer
+            .decode(&[id], false)
+            .is_ok_and(|s| s.contains('\n'))
     }
 
     /// Token ids of `text`, without special tokens.
@@ -159,6 +185,24 @@ pub struct DecoderBatch {
     pub valid: Tensor,
     /// Per row, the number of real positions.
     pub lengths: Vec<usize>,
+}
+
+/// Newline tokens a row may redraw before it has written a word (a vocabulary has a few
+/// hundred at most; the model rarely insists past a handful).
+const MAX_NEWLINE_REDRAWS: usize = 64;
+
+/// The output of [`PromptDecoder::generate`] and what it cost.
+#[derive(Debug, Clone, Default)]
+pub struct Generated {
+    /// Generated ids per row, without the stop token.
+    pub ids: Vec<Vec<u32>>,
+    /// Wall time of the prefill (the whole padded batch through the LM), ms.
+    pub prefill_ms: f64,
+    /// Real (unpadded) positions the prefill processed, summed over rows.
+    pub prefill_positions: usize,
+    /// Row-steps of the decode loop: one per row still decoding per step (each yields
+    /// the next token of one row).
+    pub row_steps: usize,
 }
 
 /// D: the LM, the pivot projection and the template.
@@ -309,14 +353,16 @@ impl PromptDecoder {
     /// stops (EOS, newline when configured, or `max_new_tokens`). A row may not stop
     /// before it has written a letter or digit: a refinement that ends at once adds
     /// nothing, so until then the stop tokens are masked out and only the token budget
-    /// ends it. Returns the generated ids of each row, without the stop token.
+    /// ends it. Rows that have stopped leave the batch (and the KV cache), so the rest
+    /// decode as a smaller batch. Returns the generated ids of each row, without the stop
+    /// token, and what the call cost.
     pub fn generate(
         &self,
         batch: &DecoderBatch,
         rows: &[PrefixRow],
         cfg: &GenerationConfig,
         seeds: &[u64],
-    ) -> Result<Vec<Vec<u32>>> {
+    ) -> Result<Generated> {
         let n = rows.len();
         let banned = self.banned_sequences(&cfg.banned_words)?;
         let mut samplers: Vec<RowSampler> = rows
@@ -328,6 +374,7 @@ impl PromptDecoder {
         let mut has_content = vec![false; n];
         let mut cache = KvCache::default();
         let lm = &self.lm.lm;
+        let dev = lm.device();
         let t0 = std::time::Instant::now();
         let mut hidden = lm.forward_embeds(
             &batch.embeds,
@@ -335,29 +382,47 @@ impl PromptDecoder {
             &batch.valid,
             Some(&mut cache),
         )?;
-        tracing::debug!(
-            "prefill of {:?} took {:?}",
-            batch.embeds.shape(),
-            t0.elapsed()
-        );
+        let prefill_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let mut stats = Generated {
+            ids: Vec::new(),
+            prefill_ms,
+            prefill_positions: batch.lengths.iter().sum(),
+            row_steps: 0,
+        };
         let mut valid = batch.valid.clone();
         let mut next_pos: Vec<u32> = batch.lengths.iter().map(|&l| l as u32).collect();
-        for _step in 0..cfg.max_new_tokens {
-            if done.iter().all(|&d| d) {
-                break;
-            }
+        // Batch slot -> row of `rows`, for the rows still decoding.
+        let mut active: Vec<usize> = (0..n).filter(|&i| !done[i]).collect();
+        if active.len() < n {
+            let keep = Tensor::from_vec(
+                active.iter().map(|&i| i as u32).collect::<Vec<_>>(),
+                active.len(),
+                dev,
+            )?;
+            hidden = hidden.index_select(&keep, 0)?;
+            valid = valid.index_select(&keep, 0)?;
+            cache.select_rows(&keep)?;
+        }
+        while !active.is_empty() {
             let last = hidden.narrow(1, hidden.dim(1)? - 1, 1)?;
             let mut logits = lm.logits(&last)?.squeeze(1)?.to_vec2::<f32>()?;
-            let mut step_ids = Vec::with_capacity(n);
-            for (i, row) in logits.iter_mut().enumerate() {
-                if done[i] {
-                    step_ids.push(self.lm.pad_id);
-                    continue;
-                }
+            let mut step_ids = Vec::with_capacity(active.len());
+            for (&i, row) in active.iter().zip(logits.iter_mut()) {
                 if !has_content[i] {
-                    self.mask_stops(row, cfg.stop_at_newline);
+                    self.mask_stops(row);
                 }
-                let tok = samplers[i].next_token(row, cfg, &banned);
+                let mut tok = samplers[i].next_token(row, cfg, &banned);
+                // Nor may a newline end it then: drawn, it is excluded and redrawn (a
+                // bounded number of times; past that the row ends as the model wants).
+                let mut redraws = 0;
+                while !has_content[i]
+                    && cfg.stop_at_newline
+                    && redraws < MAX_NEWLINE_REDRAWS
+                    && self.lm.is_newline(tok)
+                {
+                    tok = samplers[i].redraw_without(row, cfg);
+                    redraws += 1;
+                }
                 if !has_content[i] {
                     has_content[i] = self
                         .lm
@@ -366,7 +431,7 @@ impl PromptDecoder {
                         .is_ok_and(|t| t.chars().any(char::is_alphanumeric));
                 }
                 if self.lm.stop_ids.contains(&tok)
-                    || (cfg.stop_at_newline && self.lm.newline_ids.contains(&tok))
+                    || (cfg.stop_at_newline && self.lm.is_newline(tok))
                 {
                     samplers[i].context.pop();
                     done[i] = true;
@@ -375,28 +440,37 @@ impl PromptDecoder {
                 }
                 step_ids.push(tok);
             }
-            if done.iter().all(|&d| d) {
+            let slots: Vec<u32> = (0..active.len() as u32)
+                .filter(|&s| !done[active[s as usize]])
+                .collect();
+            if slots.is_empty() {
                 break;
             }
-            let dev = lm.device();
-            let ids = Tensor::from_vec(step_ids, (n, 1), dev)?;
-            let pos = Tensor::from_vec(next_pos.clone(), (n, 1), dev)?;
-            valid = Tensor::cat(&[&valid, &Tensor::ones((n, 1), DType::U32, dev)?], 1)?;
+            if slots.len() < active.len() {
+                step_ids = slots.iter().map(|&s| step_ids[s as usize]).collect();
+                active = slots.iter().map(|&s| active[s as usize]).collect();
+                let keep = Tensor::from_vec(slots, active.len(), dev)?;
+                valid = valid.index_select(&keep, 0)?;
+                cache.select_rows(&keep)?;
+            }
+            let m = active.len();
+            let ids = Tensor::from_vec(step_ids, (m, 1), dev)?;
+            let pos: Vec<u32> = active.iter().map(|&i| next_pos[i]).collect();
+            let pos = Tensor::from_vec(pos, (m, 1), dev)?;
+            valid = Tensor::cat(&[&valid, &Tensor::ones((m, 1), DType::U32, dev)?], 1)?;
             hidden = lm.forward_embeds(&lm.embed(&ids)?, &pos, &valid, Some(&mut cache))?;
-            next_pos.iter_mut().for_each(|p| *p += 1);
+            stats.row_steps += m;
+            for &i in &active {
+                next_pos[i] += 1;
+            }
         }
-        Ok(samplers.iter().map(|s| s.generated().to_vec()).collect())
+        stats.ids = samplers.iter().map(|s| s.generated().to_vec()).collect();
+        Ok(stats)
     }
 
-    /// Makes every token that would end the row unsampleable.
-    fn mask_stops(&self, logits: &mut [f32], newline_stops: bool) {
-        let newlines = newline_stops.then_some(&self.lm.newline_ids);
-        for &id in self
-            .lm
-            .stop_ids
-            .iter()
-            .chain(newlines.into_iter().flatten())
-        {
+    /// Makes the end-of-text tokens unsampleable.
+    fn mask_stops(&self, logits: &mut [f32]) {
+        for &id in &self.lm.stop_ids {
             if let Some(l) = logits.get_mut(id as usize) {
                 *l = f32::NEG_INFINITY;
             }

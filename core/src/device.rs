@@ -6,6 +6,22 @@ use candle_core::Device;
 
 use crate::{Error, Result};
 
+/// Pins candle's CPU thread count in the environment (`RAYON_NUM_THREADS`, to the count
+/// candle picks itself: one thread per physical core) unless the user set it.
+///
+/// Why: candle 0.11.1's `utils::get_num_threads`, called by its CPU matmul and other ops
+/// on every call, re-reads /proc/cpuinfo each time that variable is unset (num_cpus'
+/// physical-core count is not cached): 13% of a decode's samples on this 2-core machine,
+/// and batch-1 decode at 75 instead of 135 tokens/s (`cargo bench -p prip-core --bench
+/// refine`). Call it at start-up, before other threads read the environment: the `prip`
+/// binary does so first thing, the C ABI at `prip_open`.
+pub fn pin_cpu_threads() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let n = candle_core::utils::get_num_threads();
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+}
+
 /// Where the models run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DeviceSpec {

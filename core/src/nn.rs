@@ -160,7 +160,27 @@ pub enum Weight {
     /// (out, in) dense matrix.
     Dense(Tensor),
     /// Quantized matrix, multiplied without dequantising the whole tensor.
-    Quantized(Arc<QMatMul>),
+    Quantized(Arc<QuantizedWeight>),
+    /// Rows `offset..offset + out` of a quantized matrix stacked from several layers that
+    /// read the same input (q/k/v, gate/up): [`forward_shared`] multiplies the stack once.
+    Rows {
+        /// The stacked matrix.
+        stacked: Arc<QuantizedWeight>,
+        /// First row of this layer.
+        offset: usize,
+    },
+}
+
+/// A quantized (out, in) matrix as [`crate::models::quantized::prepare`] stored it.
+#[derive(Debug)]
+pub struct QuantizedWeight {
+    /// The matrix, (out, in + `pad_in`).
+    pub matmul: QMatMul,
+    /// Zero columns after the real input width: inputs are padded to match.
+    pub pad_in: usize,
+    /// Whether candle's kernel for this layout batches rows; when not, calls with more
+    /// than [`DEQUANTIZE_ABOVE_ROWS`] rows multiply a transient dense copy instead.
+    pub batched_kernel: bool,
 }
 
 /// A LoRA (low-rank adaptation) on one linear layer: y += scale * B(A x).
@@ -204,10 +224,38 @@ impl Linear {
         })
     }
 
-    /// A layer over a quantized (out, in) weight.
-    pub fn quantized(q: QMatMul, out_dim: usize, in_dim: usize) -> Self {
+    /// A layer over a quantized (out, in) weight, stored as `q` (see [`QuantizedWeight`]).
+    pub fn quantized(q: QuantizedWeight, out_dim: usize, in_dim: usize) -> Self {
         Self {
             weight: Weight::Quantized(Arc::new(q)),
+            bias: None,
+            lora: None,
+            in_dim,
+            out_dim,
+        }
+    }
+
+    /// A layer over a quantized weight that another part of the model reads too (a head
+    /// tied to the embedding table).
+    pub fn quantized_shared(q: Arc<QuantizedWeight>, out_dim: usize, in_dim: usize) -> Self {
+        Self {
+            weight: Weight::Quantized(q),
+            bias: None,
+            lora: None,
+            in_dim,
+            out_dim,
+        }
+    }
+
+    /// Layer `out_dim` rows from `offset` of a stacked quantized weight.
+    pub fn rows(
+        stacked: Arc<QuantizedWeight>,
+        offset: usize,
+        out_dim: usize,
+        in_dim: usize,
+    ) -> Self {
+        Self {
+            weight: Weight::Rows { stacked, offset },
             bias: None,
             lora: None,
             in_dim,
@@ -272,6 +320,9 @@ impl Module for Linear {
         let mut ys = match &self.weight {
             Weight::Dense(w) => xs.broadcast_matmul(&w.t()?)?,
             Weight::Quantized(q) => quantized_forward(q, xs)?,
+            Weight::Rows { stacked, offset } => {
+                quantized_forward(stacked, xs)?.narrow(D::Minus1, *offset, self.out_dim)?
+            }
         };
         if let Some(b) = &self.bias {
             ys = ys.broadcast_add(b)?;
@@ -283,20 +334,68 @@ impl Module for Linear {
     }
 }
 
-/// Rows above which a quantized matmul dequantises the weight transiently: candle's CPU
-/// quantized kernels are matrix-vector kernels, so a 60-token prefill through them costs
-/// as much as 60 decode steps, while a dense gemm over the weight dequantised for this
-/// call is an order of magnitude faster. The stored weight stays quantized.
-const DEQUANTIZE_ABOVE_ROWS: usize = 8;
+/// Applies several layers to the same input. Layers that are consecutive rows of one
+/// stacked weight share one matmul (a 30-block model makes 7 small matmuls per block
+/// otherwise; per-call overhead and the activation's quantization are paid per matmul);
+/// each keeps its own bias and LoRA.
+pub fn forward_shared(layers: &[&Linear], xs: &Tensor) -> Result<Vec<Tensor>> {
+    let stack = layers.iter().try_fold(
+        None,
+        |acc: Option<(&Arc<QuantizedWeight>, usize)>, l| match (&l.weight, acc) {
+            (Weight::Rows { stacked, offset }, None) if *offset == 0 => {
+                Some(Some((stacked, l.out_dim)))
+            }
+            (Weight::Rows { stacked, offset }, Some((s, end)))
+                if Arc::ptr_eq(s, stacked) && *offset == end =>
+            {
+                Some(Some((s, end + l.out_dim)))
+            }
+            _ => None,
+        },
+    );
+    let Some(Some((stacked, _))) = stack else {
+        return layers.iter().map(|l| l.forward(xs)).collect();
+    };
+    let ys = quantized_forward(stacked, xs)?;
+    let mut offset = 0;
+    layers
+        .iter()
+        .map(|l| {
+            let mut y = ys.narrow(D::Minus1, offset, l.out_dim)?;
+            offset += l.out_dim;
+            if let Some(b) = &l.bias {
+                y = y.broadcast_add(b)?;
+            }
+            if let Some(lora) = &l.lora {
+                y = (y + lora.forward(xs)?)?;
+            }
+            Ok(y)
+        })
+        .collect()
+}
 
-fn quantized_forward(q: &QMatMul, xs: &Tensor) -> Result<Tensor> {
+/// Rows above which a quantized matmul without a batched kernel dequantises the weight
+/// transiently: candle's generic CPU quantized kernels are matrix-vector kernels, so a
+/// 60-token prefill through them costs as much as 60 decode steps, while a dense gemm
+/// over the weight dequantised for this call is several times faster. The stored weight
+/// stays quantized.
+pub const DEQUANTIZE_ABOVE_ROWS: usize = 8;
+
+fn quantized_forward(q: &QuantizedWeight, xs: &Tensor) -> Result<Tensor> {
     let rows = xs.elem_count() / xs.dim(D::Minus1)?;
-    match q {
-        QMatMul::QTensor(qt) if rows > DEQUANTIZE_ABOVE_ROWS => {
+    let xs = if q.pad_in > 0 {
+        // candle concatenates along the last dimension through a transpose: the result
+        // is strided, and the quantized kernels need rows.
+        xs.pad_with_zeros(D::Minus1, 0, q.pad_in)?.contiguous()?
+    } else {
+        xs.contiguous()?
+    };
+    match &q.matmul {
+        QMatMul::QTensor(qt) if rows > DEQUANTIZE_ABOVE_ROWS && !q.batched_kernel => {
             let w = qt.dequantize(xs.device())?.to_dtype(xs.dtype())?;
             xs.broadcast_matmul(&w.t()?)
         }
-        _ => q.forward(&xs.contiguous()?),
+        m => m.forward(&xs),
     }
 }
 

@@ -84,10 +84,17 @@ impl RefineRequest {
 pub struct Timings {
     /// Preference Encoder, whole batch.
     pub encode_ms: f64,
+    /// Prompt Decoder's prefill (template, pivot and prompt through the LM), whole batch;
+    /// part of `decode_ms`.
+    #[serde(default)]
+    pub prefill_ms: f64,
     /// Prompt Decoder, whole batch.
     pub decode_ms: f64,
     /// Everything, whole batch.
     pub total_ms: f64,
+    /// Positions of this prompt's decoder row in the prefill (template, pivot, prompt).
+    #[serde(default)]
+    pub prefill_tokens: usize,
     /// Tokens generated for this prompt.
     pub new_tokens: usize,
     /// Prompts decoded together.
@@ -341,7 +348,11 @@ impl Refiner {
         }
         for ((system, _), (cfg, idx)) in groups {
             let reqs: Vec<&RefineRequest> = idx.iter().map(|&i| &requests[i]).collect();
-            match self.refine_group(&system, &reqs, &cfg) {
+            // candle's CPU ops run best on its one shared pool (one thread per physical
+            // core); called from elsewhere they fan out from this thread and contend.
+            let result =
+                candle_core::utils::with_threadpool(|| self.refine_group(&system, &reqs, &cfg));
+            match result {
                 Ok(results) => {
                     for (i, r) in idx.into_iter().zip(results) {
                         out[i] = Some(Ok(r));
@@ -395,13 +406,28 @@ impl Refiner {
             _ => self.decoder.rows(&free_refs)?,
         };
         let batch = self.decoder.batch(&rows, pivots.as_ref())?;
-        let generated = self.decoder.generate(&batch, &rows, cfg, &seeds)?;
+        let generated = self
+            .decoder
+            .generate(&batch, &rows, cfg, &seeds)
+            .map_err(|e| {
+                e.with_batch_hint(
+                    reqs.len(),
+                    "prompts",
+                    "the prompts per call (prip serve: --max-batch)",
+                )
+            })?;
         let decode_ms = ms(t);
+        let prefill_ms = generated.prefill_ms;
 
         let budget = sys.budget.unwrap_or(syntax::hygiene::CLIP_CHUNK_TOKENS);
         let total_ms = ms(start);
         let mut out = Vec::with_capacity(reqs.len());
-        for ((r, ids), seed) in reqs.iter().zip(generated).zip(seeds) {
+        for (((r, ids), seed), prefill_tokens) in reqs
+            .iter()
+            .zip(generated.ids)
+            .zip(seeds)
+            .zip(batch.lengths.iter().copied())
+        {
             let raw = self.decoder.lm().decode(&ids)?;
             let hygiene = Hygiene {
                 banned_words: cfg.banned_words.clone(),
@@ -420,8 +446,10 @@ impl Refiner {
                 model: self.checkpoint.manifest.name.clone(),
                 timings: Timings {
                     encode_ms,
+                    prefill_ms,
                     decode_ms,
                     total_ms,
+                    prefill_tokens,
                     new_tokens: ids.len(),
                     batch_size: reqs.len(),
                 },

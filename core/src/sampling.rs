@@ -177,6 +177,17 @@ impl RowSampler {
         tok
     }
 
+    /// Takes back the token [`Self::next_token`] just drew from `logits` (already
+    /// penalised by that call) and draws another with it excluded.
+    pub fn redraw_without(&mut self, logits: &mut [f32], cfg: &GenerationConfig) -> u32 {
+        if let Some(tok) = self.context.pop() {
+            ban(logits, tok);
+        }
+        let tok = choose(logits, cfg, &mut self.rng);
+        self.context.push(tok);
+        tok
+    }
+
     fn penalise_repeats(&self, logits: &mut [f32], penalty: f64) {
         if penalty == 1.0 {
             return;
@@ -293,6 +304,25 @@ mod tests {
             no_repeat_ngram: 0,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_redraw_excludes_the_token_taken_back_and_penalises_once() {
+        let cfg = GenerationConfig {
+            repetition_penalty: 2.0,
+            ..greedy()
+        };
+        let mut s = RowSampler::new(0, vec![1]);
+        // Token 1 was seen: 4.0 / 2 = 2.0, below token 2 and above token 0 (a second
+        // penalty would put it below token 0).
+        let mut logits = vec![1.5, 4.0, 3.0, 0.5];
+        let first = s.next_token(&mut logits, &cfg, &[]);
+        assert_eq!(first, 2);
+        let second = s.redraw_without(&mut logits, &cfg);
+        assert_eq!(second, 1, "the penalty is not applied a second time");
+        assert_eq!(s.generated(), &[1]);
+        assert_eq!(s.redraw_without(&mut logits, &cfg), 0);
+        assert_eq!(s.generated(), &[0]);
     }
 
     #[test]

@@ -233,6 +233,7 @@ fn overlay(base: &GenerationConfig, partial: Option<&Value>) -> Result<Generatio
 #[no_mangle]
 pub unsafe extern "C" fn prip_open(config_json: *const c_char, out: *mut PripHandle) -> PripStatus {
     guard(|| {
+        prip_core::device::pin_cpu_threads();
         // SAFETY: forwarded caller contract.
         let cfg: OpenConfig = json(unsafe { text(config_json, "config_json") }?, "config")?;
         if out.is_null() {

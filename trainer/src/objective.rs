@@ -383,7 +383,7 @@ impl DecoderObjective {
             .iter()
             .min()
             .copied()
-            .or_else(|| decoder.lm().newline_ids.iter().min().copied())
+            .or_else(|| decoder.lm().encode("\n").ok()?.first().copied())
             .ok_or_else(|| {
                 TrainError::Config("the decoder has no end-of-text or newline token".into())
             })?;

@@ -5,13 +5,17 @@
 //! be spliced in as prefix embeddings, returns hidden states for every position (training
 //! needs them all) and supports a KV cache with left-padded batches.
 
+use std::sync::Arc;
+
 use candle_core::quantized::{gguf_file, QMatMul};
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
+use crate::models::quantized::{self, CpuKernels};
 use crate::nn::{
-    attention, causal_padding_bias, norm_weight, Linear, Lora, OpsMode, RotaryTable, WEIGHT_INIT,
+    attention, causal_padding_bias, forward_shared, norm_weight, Linear, Lora, OpsMode,
+    QuantizedWeight, RotaryTable, WEIGHT_INIT,
 };
 
 /// The llama fields of a Hugging Face config.json.
@@ -176,13 +180,34 @@ impl KvCache {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Keeps only the batch rows `rows` (u32 indices, in the new order): rows that have
+    /// finished generating leave the cache.
+    pub fn select_rows(&mut self, rows: &Tensor) -> Result<()> {
+        for (k, v) in self.layers.iter_mut().flatten() {
+            *k = k.index_select(rows, 0)?;
+            *v = v.index_select(rows, 0)?;
+        }
+        Ok(())
+    }
+}
+
+/// The token embedding table: dense (trainable, or a Hugging Face checkpoint), or the
+/// GGUF's quantized table read row by row, which saves its f32 copy (113 MB for
+/// SmolLM2-135M).
+#[derive(Debug, Clone)]
+enum Embedding {
+    Dense(Tensor),
+    /// (vocab, hidden + padding): rows are read, then cut to `hidden`.
+    Quantized(Arc<QuantizedWeight>),
 }
 
 /// The decoder LM.
 #[derive(Debug, Clone)]
 pub struct Llama {
     cfg: LlamaConfig,
-    embed: Tensor,
+    embed: Embedding,
+    device: Device,
     layers: Vec<Block>,
     norm: Tensor,
     lm_head: Linear,
@@ -229,7 +254,8 @@ impl Llama {
         )?;
         Ok(Self {
             cfg: cfg.clone(),
-            embed,
+            device: embed.device().clone(),
+            embed: Embedding::Dense(embed),
             layers,
             norm,
             lm_head,
@@ -239,8 +265,10 @@ impl Llama {
         })
     }
 
-    /// Loads a GGUF llama. For inference ([`OpsMode::Fused`]) matrices stay quantized;
-    /// norms and the embedding table are dequantised (the embedding is a row lookup).
+    /// Loads a GGUF llama. For inference ([`OpsMode::Fused`]) matrices stay quantized, in
+    /// the layout [`quantized::prepare`] picks for this CPU (Q4_1 and other types without
+    /// a SIMD kernel are requantized to Q8_0); the embedding table stays quantized and is
+    /// read row by row. For training everything is dequantised. Norms are dense.
     pub fn from_gguf<R: std::io::Read + std::io::Seek>(
         content: &gguf_file::Content,
         reader: &mut R,
@@ -249,46 +277,125 @@ impl Llama {
     ) -> Result<Self> {
         let cfg = config_from_gguf(content)?;
         cfg.validate().map_err(candle_core::Error::Msg)?;
-        let mut get = |name: &str| content.tensor(reader, name, device);
-        let qlin = |t: candle_core::quantized::QTensor| -> Result<Linear> {
-            let (o, i) = t.shape().dims2()?;
+        let kernels = CpuKernels::detect();
+        let quantized_weight =
+            |name: &str, t: candle_core::quantized::QTensor| -> Result<QuantizedWeight> {
+                let i = gguf_input_width(&cfg, name, t.shape().dims2()?.1);
+                let (t, layout) = quantized::prepare(t, i, device, kernels)?;
+                Ok(QuantizedWeight {
+                    matmul: QMatMul::from_qtensor(t)?,
+                    pad_in: layout.padded_in - i,
+                    batched_kernel: layout.batched_kernel,
+                })
+            };
+        let linear = |name: &str, t: candle_core::quantized::QTensor| -> Result<Linear> {
+            let (o, stored) = t.shape().dims2()?;
+            let i = gguf_input_width(&cfg, name, stored);
             match mode {
-                OpsMode::Fused => Ok(Linear::quantized(QMatMul::from_qtensor(t)?, o, i)),
+                OpsMode::Fused => Ok(Linear::quantized(quantized_weight(name, t)?, o, i)),
                 // Quantized matmuls pass no gradient to their input, which would cut
                 // every LoRA below them off from the loss: training runs dense.
-                OpsMode::Differentiable => Linear::dense(t.dequantize(device)?, None),
+                OpsMode::Differentiable => {
+                    Linear::dense(t.dequantize(device)?.narrow(1, 0, i)?, None)
+                }
             }
         };
+        let mut get = |name: &str| content.tensor(reader, name, device);
         let embed_q = get("token_embd.weight")?;
         let (vocab, d) = embed_q.shape().dims2()?;
-        if d != cfg.hidden_size || vocab != cfg.vocab_size {
+        if d < cfg.hidden_size || vocab != cfg.vocab_size {
             candle_core::bail!(
                 "token_embd is {vocab}x{d}, metadata says {}x{}",
                 cfg.vocab_size,
                 cfg.hidden_size
             );
         }
-        let embed = embed_q.dequantize(device)?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        let (qd, kvd) = (cfg.hidden_size, cfg.kv_heads() * cfg.head_dim());
         for i in 0..cfg.num_hidden_layers {
             let p = format!("blk.{i}");
+            // A prepared file stacks the layers that read one input ([`LlamaPreparation`]).
+            let mut stacked = |n: &str, widths: &[usize]| -> Result<Option<Vec<Linear>>> {
+                let name = format!("{p}.{n}.weight");
+                if mode != OpsMode::Fused || !content.tensor_infos.contains_key(&name) {
+                    return Ok(None);
+                }
+                let t = get(&name)?;
+                let rows = t.shape().dims2()?.0;
+                if rows != widths.iter().sum::<usize>() {
+                    candle_core::bail!("{name} has {rows} rows, expected {widths:?}");
+                }
+                let w = Arc::new(quantized_weight(&name, t)?);
+                let mut offset = 0;
+                Ok(Some(
+                    widths
+                        .iter()
+                        .map(|&o| {
+                            offset += o;
+                            Linear::rows(w.clone(), offset - o, o, cfg.hidden_size)
+                        })
+                        .collect(),
+                ))
+            };
+            let qkv = stacked("attn_qkv", &[qd, kvd, kvd])?;
+            let gate_up = stacked("ffn_gate_up", &[cfg.intermediate_size; 2])?;
+            let mut lin = |n: &str| {
+                let name = format!("{p}.{n}.weight");
+                linear(&name, get(&name)?)
+            };
+            let [q, k, v] = match qkv {
+                Some(v) => v
+                    .try_into()
+                    .map_err(|_| candle_core::Error::Msg("qkv".into()))?,
+                None => [lin("attn_q")?, lin("attn_k")?, lin("attn_v")?],
+            };
+            let [gate, up] = match gate_up {
+                Some(v) => v
+                    .try_into()
+                    .map_err(|_| candle_core::Error::Msg("gate_up".into()))?,
+                None => [lin("ffn_gate")?, lin("ffn_up")?],
+            };
             layers.push(Block {
+                q,
+                k,
+                v,
+                o: lin("attn_output")?,
+                gate,
+                up,
+                down: lin("ffn_down")?,
                 attn_norm: get(&format!("{p}.attn_norm.weight"))?.dequantize(device)?,
-                q: qlin(get(&format!("{p}.attn_q.weight"))?)?,
-                k: qlin(get(&format!("{p}.attn_k.weight"))?)?,
-                v: qlin(get(&format!("{p}.attn_v.weight"))?)?,
-                o: qlin(get(&format!("{p}.attn_output.weight"))?)?,
                 mlp_norm: get(&format!("{p}.ffn_norm.weight"))?.dequantize(device)?,
-                gate: qlin(get(&format!("{p}.ffn_gate.weight"))?)?,
-                up: qlin(get(&format!("{p}.ffn_up.weight"))?)?,
-                down: qlin(get(&format!("{p}.ffn_down.weight"))?)?,
             });
         }
         let norm = get("output_norm.weight")?.dequantize(device)?;
-        let lm_head = match get("output.weight") {
-            Ok(t) => qlin(t)?,
-            // SmolLM2 ties its head to the embedding: reuse the quantized table.
-            Err(_) => qlin(get("token_embd.weight")?)?,
+        // SmolLM2 ties its head to the embedding: no output.weight.
+        let output = get("output.weight").ok();
+        let (embed, lm_head) = match (mode, output) {
+            (OpsMode::Differentiable, output) => {
+                let embed = embed_q.dequantize(device)?.narrow(1, 0, cfg.hidden_size)?;
+                let head = match output {
+                    Some(t) => linear("output.weight", t)?,
+                    None => Linear::dense(embed.clone(), None)?,
+                };
+                (Embedding::Dense(embed), head)
+            }
+            (OpsMode::Fused, Some(t)) => {
+                let embed = QuantizedWeight {
+                    matmul: QMatMul::QTensor(Arc::new(embed_q)),
+                    pad_in: 0,
+                    batched_kernel: false,
+                };
+                (
+                    Embedding::Quantized(Arc::new(embed)),
+                    linear("output.weight", t)?,
+                )
+            }
+            // One quantized table serves both the lookup and the tied head.
+            (OpsMode::Fused, None) => {
+                let table = Arc::new(quantized_weight("token_embd.weight", embed_q)?);
+                let head = Linear::quantized_shared(table.clone(), vocab, cfg.hidden_size);
+                (Embedding::Quantized(table), head)
+            }
         };
         let rotary = RotaryTable::new(
             cfg.head_dim(),
@@ -299,6 +406,7 @@ impl Llama {
         Ok(Self {
             cfg,
             embed,
+            device: device.clone(),
             layers,
             norm,
             lm_head,
@@ -321,15 +429,21 @@ impl Llama {
 
     /// The device holding the weights.
     pub fn device(&self) -> &Device {
-        self.embed.device()
+        &self.device
     }
 
     /// Embeds token ids (batch, seq) -> (batch, seq, hidden).
     pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
-        self.embed
-            .index_select(&ids.flatten_all()?, 0)?
-            .reshape((b, t, self.cfg.hidden_size))
+        let d = self.cfg.hidden_size;
+        match &self.embed {
+            Embedding::Dense(table) => table.index_select(&ids.flatten_all()?, 0)?,
+            Embedding::Quantized(table) => table
+                .matmul
+                .embedding(&ids.flatten_all()?)?
+                .narrow(1, 0, d)?,
+        }
+        .reshape((b, t, d))
     }
 
     /// Installs the LoRAs given as (layer, projection name, LoRA); `None` removes every
@@ -391,21 +505,12 @@ impl Llama {
             let xn = self
                 .mode
                 .rms_norm(&x, &blk.attn_norm, self.cfg.rms_norm_eps)?;
-            let q = blk
-                .q
-                .forward(&xn)?
-                .reshape((b, t, h, hd))?
-                .transpose(1, 2)?;
-            let k = blk
-                .k
-                .forward(&xn)?
-                .reshape((b, t, kvh, hd))?
-                .transpose(1, 2)?;
-            let v = blk
-                .v
-                .forward(&xn)?
-                .reshape((b, t, kvh, hd))?
-                .transpose(1, 2)?;
+            let [q, k, v]: [Tensor; 3] = forward_shared(&[&blk.q, &blk.k, &blk.v], &xn)?
+                .try_into()
+                .map_err(|_| candle_core::Error::Msg("q/k/v split".into()))?;
+            let q = q.reshape((b, t, h, hd))?.transpose(1, 2)?;
+            let k = k.reshape((b, t, kvh, hd))?.transpose(1, 2)?;
+            let v = v.reshape((b, t, kvh, hd))?.transpose(1, 2)?;
             let q = self.mode.rope(&q, &cos, &sin, self.interleaved_rope)?;
             let mut k = self.mode.rope(&k, &cos, &sin, self.interleaved_rope)?;
             let mut v = v.contiguous()?;
@@ -424,7 +529,10 @@ impl Llama {
             let xn = self
                 .mode
                 .rms_norm(&x, &blk.mlp_norm, self.cfg.rms_norm_eps)?;
-            let mlp = (candle_nn::ops::silu(&blk.gate.forward(&xn)?)? * blk.up.forward(&xn)?)?;
+            let [gate, up]: [Tensor; 2] = forward_shared(&[&blk.gate, &blk.up], &xn)?
+                .try_into()
+                .map_err(|_| candle_core::Error::Msg("gate/up split".into()))?;
+            let mlp = (candle_nn::ops::silu(&gate)? * up)?;
             x = (res + blk.down.forward(&mlp)?)?;
         }
         self.mode.rms_norm(&x, &self.norm, self.cfg.rms_norm_eps)
@@ -444,6 +552,43 @@ fn repeat_kv(x: &Tensor, n: usize) -> Result<Tensor> {
     x.unsqueeze(2)?
         .broadcast_as((b, kvh, n, t, hd))?
         .reshape((b, kvh * n, t, hd))
+}
+
+/// The logical input width of GGUF matrix `name` (its stored width may be padded by
+/// [`quantized::prepare`]): the MLP width for `ffn_down`, the model width otherwise.
+pub fn gguf_input_width(cfg: &LlamaConfig, name: &str, stored: usize) -> usize {
+    let logical = if name.ends_with("ffn_down.weight") {
+        cfg.intermediate_size
+    } else if name.ends_with("attn_output.weight") {
+        cfg.num_attention_heads * cfg.head_dim()
+    } else {
+        cfg.hidden_size
+    };
+    logical.min(stored)
+}
+
+/// How a llama GGUF is prepared for CPU inference ([`quantized::prepared_file`]): q/k/v
+/// stacked as `blk.N.attn_qkv.weight`, gate/up as `blk.N.ffn_gate_up.weight` (names of
+/// PRIP's prepared files; [`Llama::from_gguf`] reads both layouts).
+#[derive(Debug, Clone)]
+pub struct LlamaPreparation(pub LlamaConfig);
+
+impl quantized::Preparation for LlamaPreparation {
+    fn input_width(&self, name: &str, stored: usize) -> usize {
+        gguf_input_width(&self.0, name, stored)
+    }
+
+    fn stacks(&self) -> Vec<(String, Vec<String>)> {
+        (0..self.0.num_hidden_layers)
+            .flat_map(|i| {
+                let w = |n: &str| format!("blk.{i}.{n}.weight");
+                [
+                    (w("attn_qkv"), vec![w("attn_q"), w("attn_k"), w("attn_v")]),
+                    (w("ffn_gate_up"), vec![w("ffn_gate"), w("ffn_up")]),
+                ]
+            })
+            .collect()
+    }
 }
 
 /// Reads a llama architecture from GGUF metadata (`llama.*` keys).

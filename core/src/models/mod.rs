@@ -3,4 +3,5 @@
 pub mod bert;
 pub mod llama;
 pub mod pivot;
+pub mod quantized;
 pub mod t5;
