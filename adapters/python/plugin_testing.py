@@ -1,20 +1,39 @@
 """What both plugin test suites share: the environment `cargo test -p prip-abi --test
-plugins` sets up, the recorded server fixtures, and a reference refinement straight
-through libprip to compare the plugins' output with."""
+plugins` sets up, the recorded server fixtures, the prip-refiner package under test, and
+a reference refinement straight through it to compare the plugins' output with.
+
+The suites run against one of two prip-refiner packages:
+- by default, the working tree's binding (adapters/python/src) with the library of this
+  build, $PRIP_LIB, as `cargo test` runs them;
+- with PRIP_TEST_PACKAGE=installed, the package installed in this Python (CI's wheel
+  test: a fresh virtualenv without cargo) and the library inside it; $PRIP_LIB is
+  ignored, and a package imported from this checkout fails the run.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
 
-from libprip import Refiner
+REPO = Path(__file__).resolve().parents[2]
+SOURCE = REPO / "adapters" / "python" / "src"
+INSTALLED = os.environ.get("PRIP_TEST_PACKAGE") == "installed"
+if not INSTALLED:
+    sys.path.insert(0, str(SOURCE))
+
+import prip_refiner  # noqa: E402
+from prip_refiner import Refiner  # noqa: E402
+
+if INSTALLED and SOURCE in Path(prip_refiner.__file__).resolve().parents:
+    pytest.exit(f"PRIP_TEST_PACKAGE=installed, but prip_refiner comes from the source tree: {prip_refiner.__file__}", returncode=2)
 
 # tests/fixtures of this repository: recordings of real image servers (see its README).
-FIXTURES = Path(__file__).resolve().parents[2] / "tests" / "fixtures"
+FIXTURES = REPO / "tests" / "fixtures"
 
 
 def required_env(name: str) -> str:
@@ -22,6 +41,20 @@ def required_env(name: str) -> str:
     if not value:
         pytest.exit(f"{name} is not set: run these tests with `cargo test -p prip-abi --test plugins`", returncode=2)
     return value
+
+
+def library() -> Path:
+    """The library under test: the installed package's own, or $PRIP_LIB."""
+    return prip_refiner.bundled_library() if INSTALLED else Path(required_env("PRIP_LIB"))
+
+
+def use_library(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The plugins find the library under test: through $PRIP_LIB, or, for the
+    installed package, inside it with $PRIP_LIB unset."""
+    if INSTALLED:
+        monkeypatch.delenv("PRIP_LIB", raising=False)
+    else:
+        monkeypatch.setenv("PRIP_LIB", str(library()))
 
 
 def fixture(rel: str) -> Any:
@@ -35,7 +68,7 @@ def direct(prompt: str, seed: int, dialect: str | None = None, **generation: Any
     request: dict[str, Any] = {"prompt": prompt, "seed": seed}
     if dialect is not None:
         request["dialect"] = dialect
-    with Refiner(Path(required_env("PRIP_LIB")), config) as r:
+    with Refiner(library(), config) as r:
         result = r.refine([request], generation or None)[0]
     refined: str = result["refined"]
     return refined

@@ -1,5 +1,5 @@
 """Refine prompts from Python through libprip_abi, with the ctypes binding the ComfyUI
-node and the A1111 extension use (adapters/python/libprip.py).
+node and the A1111 extension use (the prip-refiner package, adapters/python/src).
 
     python3 examples/python/refine.py target/release/libprip_abi.so '{"model": "default"}' "a cat"
 """
@@ -10,9 +10,9 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "adapters" / "python"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "adapters" / "python" / "src"))
 
-from libprip import PripError, Refiner  # noqa: E402
+from prip_refiner import PripError, Refiner  # noqa: E402
 
 
 def main() -> int:

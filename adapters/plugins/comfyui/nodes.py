@@ -4,20 +4,29 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from typing import Any
 
-from .libprip import Cache, PripError
+from . import binding
+from .binding import PripError
 
-PLUGIN_DIR = Path(__file__).resolve().parent
-# One refiner for the whole server: loading the model is the expensive part.
-REFINERS = Cache()
 log = logging.getLogger("prip")
+
+
+def notify(message: str) -> None:
+    """Logs and shows a toast in the browser (web/prip.js)."""
+    log.warning(message)
+    try:
+        from server import PromptServer
+
+        PromptServer.instance.send_sync("prip.status", {"message": message})
+    except Exception:  # noqa: BLE001 - outside a running server there is no UI to tell
+        pass
 
 
 def open_config() -> dict[str, Any]:
     """How the refiner is opened: $PRIP_MODEL (a packaged name or a checkpoint folder)
-    and $PRIP_DEVICE (auto, cpu, cuda:N)."""
+    and $PRIP_DEVICE (auto, cpu, cuda:N). A device that fails falls back to the CPU
+    with a toast."""
     return {"model": os.environ.get("PRIP_MODEL", "default"), "device": os.environ.get("PRIP_DEVICE", "auto")}
 
 
@@ -76,13 +85,14 @@ class PripPromptRefiner:
         if system.strip():
             request["system"] = system.strip()
         try:
-            refiner = REFINERS.get(PLUGIN_DIR, open_config())
-            result = refiner.refine([request], generation(max_new_tokens, creativity))[0]
+            options = generation(max_new_tokens, creativity)
+            result = binding.run(open_config(), lambda refiner: refiner.refine([request], options)[0], notify)
             if "error" in result:
                 raise PripError(result["error"])
-        except PripError as e:
+        except Exception as e:  # noqa: BLE001 - PripError, or anything else: never fail the user's queue
             type(self).failed_last = True
-            message = f"PRIP: not refined, the prompt is used as written: {e}"
+            reason = str(e) if isinstance(e, PripError) else f"internal error: {e!r}"
+            message = f"PRIP: not refined, the prompt is used as written: {reason}"
             log.warning(message)
             return {"ui": {"prip": [message], "prip_failed": [True]}, "result": (text, seed)}
         type(self).failed_last = False

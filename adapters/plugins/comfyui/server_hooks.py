@@ -8,8 +8,9 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .libprip import PripError
-from .nodes import PLUGIN_DIR, REFINERS, PripPromptRefiner, generation, open_config
+from . import binding
+from .binding import PripError
+from .nodes import PripPromptRefiner, generation, notify, open_config
 
 log = logging.getLogger("prip")
 
@@ -59,7 +60,7 @@ class AutoMode:
         if self.system.strip():
             options["system"] = self.system.strip()
         try:
-            out = REFINERS.get(PLUGIN_DIR, open_config()).rewrite("comfyui", json_data, **options)
+            out = binding.run(open_config(), lambda refiner: refiner.rewrite("comfyui", json_data, **options), notify)
         except PripError as e:
             notify(f"PRIP auto mode: prompts used as written: {e}")
             return json_data
@@ -85,17 +86,6 @@ SETTING_TYPES: dict[str, tuple[type, ...]] = {
 AUTO = AutoMode()
 
 
-def notify(message: str) -> None:
-    """Logs and shows a toast in the browser (web/prip.js)."""
-    log.warning(message)
-    try:
-        from server import PromptServer
-
-        PromptServer.instance.send_sync("prip.status", {"message": message})
-    except Exception:  # noqa: BLE001 - outside a running server there is no UI to tell
-        pass
-
-
 def install() -> None:
     """Registers the hook and routes on the running server; a no-op outside ComfyUI."""
     try:
@@ -109,7 +99,7 @@ def install() -> None:
 
     @routes.post("/prip/unload")
     async def unload(_request: Any) -> Any:
-        return web.json_response({"unloaded": REFINERS.unload()})
+        return web.json_response({"unloaded": binding.unload()})
 
     @routes.get("/prip/auto")
     async def get_auto(_request: Any) -> Any:

@@ -22,17 +22,18 @@ EXTENSION_DIR = Path(__file__).resolve().parents[1]
 if str(EXTENSION_DIR) not in sys.path:
     sys.path.insert(0, str(EXTENSION_DIR))
 
-from libprip import Cache, PripError  # noqa: E402 - needs the extension folder on sys.path
+import prip_binding  # noqa: E402 - needs the extension folder on sys.path
+from prip_binding import PripError  # noqa: E402
 
-# One refiner for the whole web UI: loading the model is the expensive part.
-REFINERS = Cache()
 log = logging.getLogger("prip")
 TITLE = "PRIP Prompt Refiner"
 MAX_SEED = (1 << 64) - 1
 
 
 def option(name: str) -> str | None:
-    """--prip-model / --prip-device / --prip-lib (preload.py), else $PRIP_MODEL ..."""
+    """--prip-model / --prip-device / --prip-lib (preload.py), else $PRIP_MODEL ...
+    The device is auto unless set; one that fails falls back to the CPU, and the job
+    says so."""
     value = getattr(shared.cmd_opts, f"prip_{name}", None)
     return value or os.environ.get(f"PRIP_{name.upper()}")
 
@@ -158,6 +159,20 @@ def fail(p: Any, reason: str) -> None:
     p.extra_generation_params["PRIP"] = f"not refined: {reason}"
 
 
+def fell_back(p: Any, message: str) -> None:
+    """The refiner runs on the CPU because the device asked for failed: said in the
+    log, under the image (the job's comments), and as a toast where gradio has them."""
+    message = one_line(message)
+    log.warning(message)
+    p.comment(message)
+    warning = getattr(gr, "Warning", None)
+    if warning is not None:
+        try:
+            warning(message)
+        except Exception:  # noqa: BLE001 - outside a web UI request there is no toast to show
+            pass
+
+
 def refine_prompts(p: Any, s: Settings) -> None:
     """Refines p.all_prompts (and p.all_hr_prompts) in place as one batch. A prompt and
     its hires prompt that were equal stay equal: same text and seed refine the same."""
@@ -175,8 +190,8 @@ def refine_prompts(p: Any, s: Settings) -> None:
         for r in requests:
             r["system"] = s.system
     config = {"model": option("model") or "default", "device": option("device") or "auto"}
-    refiner = REFINERS.get(EXTENSION_DIR, config, option("lib"))
-    results = refiner.refine(requests, {"max_new_tokens": s.max_new_tokens, "temperature": s.creativity})
+    generation = {"max_new_tokens": s.max_new_tokens, "temperature": s.creativity}
+    results = prip_binding.run(config, lambda refiner: refiner.refine(requests, generation), option("lib"), lambda m: fell_back(p, m))
     # What each image's infotext says: its prompt's outcome, and its hires prompt's
     # when that differs.
     said: list[list[str]] = [["", ""] for _ in p.all_prompts]

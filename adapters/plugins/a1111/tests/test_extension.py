@@ -1,20 +1,24 @@
-"""The PRIP extension inside a fake A1111/Forge, refining with the real libprip_abi."""
+"""The PRIP extension inside a fake A1111/Forge, refining with the real libprip_abi
+through the prip-refiner package."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
-import shutil
+import platform
 import subprocess
 import sys
+import types
 from pathlib import Path
 from typing import Any
 
+import gradio
+import prip_refiner
 import pytest
-from conftest import EXTENSION_DIR
-import libprip
-from modules import infotext_utils, processing, scripts
-from plugin_testing import direct, fixture, spy_refine
+from conftest import EXTENSION_DIR, load_webui
+from modules import infotext_utils, processing, scripts, shared
+from plugin_testing import INSTALLED, direct, fixture, library, spy_refine
 
 PROMPT = "a (red:1.2) fox <lora:foxy:0.8> in the snow"
 
@@ -107,18 +111,137 @@ def test_a_failing_refiner_keeps_the_prompts_and_says_why(webui: scripts.ScriptR
     assert "PRIP: not refined" in info["comments"]
 
 
-def test_install_finds_the_library_and_explains_when_it_cannot(tmp_path: Path) -> None:
-    env = {**os.environ}
-    found = subprocess.run([sys.executable, str(EXTENSION_DIR / "install.py")], env=env, capture_output=True, text=True, check=True)
-    assert found.stdout.strip() == f"PRIP: using {os.environ['PRIP_LIB']}"
-    # A copy outside any PRIP checkout, with no library: it says so and still exits 0,
-    # so the web UI starts and the extension keeps prompts as written.
-    copy = tmp_path / "prip"
-    shutil.copytree(EXTENSION_DIR, copy, symlinks=False, ignore=shutil.ignore_patterns("tests"))
-    env.pop("PRIP_LIB")
-    alone = subprocess.run([sys.executable, str(copy / "install.py")], env=env, capture_output=True, text=True, check=True)
-    assert "no libprip_abi.so found" in alone.stdout
-    assert "is not inside a PRIP checkout" in alone.stdout
+def load_install(monkeypatch: pytest.MonkeyPatch, pip_status: int = 0) -> tuple[types.ModuleType, list[list[str]]]:
+    """install.py as a module, with the pip commands it would run recorded (and
+    answered with ``pip_status``) instead of run."""
+    spec = importlib.util.spec_from_file_location("prip_install_under_test", EXTENSION_DIR / "install.py")
+    assert spec is not None and spec.loader is not None
+    install = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(install)
+    ran: list[list[str]] = []
+
+    def run(command: list[str], **_: Any) -> subprocess.CompletedProcess[str]:
+        ran.append(command)
+        return subprocess.CompletedProcess(command, pip_status)
+
+    monkeypatch.setattr(install, "subprocess", types.SimpleNamespace(run=run))
+    return install, ran
+
+
+def test_install_keeps_a_usable_package(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    # The library under test stands for the package's own (in a source tree there is none).
+    under_test = library()
+    monkeypatch.setattr(prip_refiner, "bundled_library", lambda: under_test)
+    install, ran = load_install(monkeypatch)
+    assert install.main() == 0
+    assert ran == []
+    assert capsys.readouterr().out == f"PRIP: using prip-refiner {prip_refiner.__version__}\n"
+    if INSTALLED:
+        # As the web UI runs it: in its own Python process, with the installed package.
+        out = subprocess.run([sys.executable, str(EXTENSION_DIR / "install.py")], capture_output=True, text=True, check=True)
+        assert out.stdout == f"PRIP: using prip-refiner {prip_refiner.__version__}\n"
+
+
+def test_install_installs_a_missing_package_with_pip(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setitem(sys.modules, "prip_refiner", None)
+    monkeypatch.delitem(sys.modules, "prip_binding", raising=False)
+    install, ran = load_install(monkeypatch)
+    assert install.main() == 0
+    assert ran == [[sys.executable, "-m", "pip", "install", "--upgrade", "--force-reinstall", "prip-refiner>=0.1,<0.2"]]
+    assert "PRIP: the prip-refiner package is not installed" in capsys.readouterr().out
+    # PRIP_WHEEL names a wheel file (or any requirement); when pip fails, the web UI
+    # still starts, told what to do.
+    wheel = "/wheels/prip_refiner-0.1.0-py3-none-manylinux_2_34_x86_64.whl"
+    monkeypatch.setenv("PRIP_WHEEL", wheel)
+    install, ran = load_install(monkeypatch, pip_status=1)
+    assert install.main() == 0
+    assert ran[0][-1] == wheel
+    assert f"PRIP: pip could not install {wheel}. Set PRIP_WHEEL to the prip-refiner wheel built for this platform" in capsys.readouterr().out
+
+
+def test_install_replaces_a_package_built_for_another_platform(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    foreign = tmp_path / prip_refiner.LIBRARY_NAME
+    built_for = foreign_library(foreign)
+    monkeypatch.setattr(prip_refiner, "bundled_library", lambda: foreign)
+    install, ran = load_install(monkeypatch)
+    assert install.main() == 0
+    assert len(ran) == 1 and "--force-reinstall" in ran[0]
+    assert f"is built for {built_for} and this Python runs on {prip_refiner.this_platform()}" in capsys.readouterr().out
+
+
+def foreign_library(path: Path) -> str:
+    """Writes the start of a shared library built for another CPU; returns its platform."""
+    machine, code = ("x86_64", 0x3E) if platform.machine().lower() in ("aarch64", "arm64") else ("aarch64", 0xB7)
+    path.write_bytes(b"\x7fELF\x02\x01\x01" + bytes(9) + (3).to_bytes(2, "little") + code.to_bytes(2, "little") + bytes(44))
+    return f"linux-{machine}"
+
+
+def test_the_device_is_passed_through_auto_by_default(webui: scripts.ScriptRunner, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shared.cmd_opts, "prip_device", None)
+    info = txt2img(webui, [True, "", 8, 0.7, -1, False], enable_hr=False)
+    assert all(refined.startswith(PROMPT + ",") for refined in info["all_prompts"])
+    refiner = sys.modules["prip_binding"].REFINERS._refiner
+    assert refiner.device == "auto"
+    assert refiner.library == library()
+    assert "PRIP runs on the CPU" not in info["comments"] and gradio.warnings == []
+
+
+def test_a_device_that_cannot_open_falls_back_to_the_cpu_and_says_so(webui: scripts.ScriptRunner, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shared.cmd_opts, "prip_device", "cuda:99")
+    info = txt2img(webui, [True, "", 8, 0.7, -1, False], enable_hr=False)
+    assert all(refined.startswith(PROMPT + ",") for refined in info["all_prompts"])
+    [warning] = gradio.warnings
+    assert warning.startswith("PRIP runs on the CPU: device cuda:99 failed: ")
+    assert warning in info["comments"]
+    assert 'PRIP: refined' in info["infotexts"][0]
+
+
+def test_a_device_that_fails_while_refining_falls_back_to_the_cpu(webui: scripts.ScriptRunner, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shared.cmd_opts, "prip_device", "auto")
+    real = prip_refiner.Refiner.refine
+
+    def out_of_memory(self: prip_refiner.Refiner, *args: Any, **kwargs: Any) -> Any:
+        if self.device != "cpu":
+            raise prip_refiner.PripError("cuda:0: out of memory refining a batch of 2; lower the batch size")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(prip_refiner.Refiner, "refine", out_of_memory)
+    info = txt2img(webui, [True, "", 8, 0.7, -1, False], enable_hr=False)
+    assert all(refined.startswith(PROMPT + ",") for refined in info["all_prompts"])
+    assert gradio.warnings == ["PRIP runs on the CPU: device auto failed: cuda:0: out of memory refining a batch of 2; lower the batch size"]
+
+
+def test_without_the_package_prompts_stay_and_the_infotext_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "prip_refiner", None)
+    monkeypatch.delitem(sys.modules, "prip_binding", raising=False)
+    runner = load_webui(monkeypatch)
+    info = txt2img(runner, [True, "", 8, 0.7, -1, True])
+    assert info["all_prompts"] == [PROMPT, PROMPT]
+    status = parsed(info, 0)["PRIP"]
+    assert status.startswith("not refined: the prip-refiner package is not installed")
+    assert "install.py to pip install it" in status and "PRIP_WHEEL" in status
+
+
+def test_a_package_too_old_for_the_extension_keeps_prompts_and_says_what_to_install(webui: scripts.ScriptRunner, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(prip_refiner, "ABI_MINOR", 1)
+    info = txt2img(webui, [True, "", 8, 0.7, -1, True])
+    assert info["all_prompts"] == [PROMPT, PROMPT]
+    assert parsed(info, 0)["PRIP"].endswith("has 1.1: pip install --upgrade 'prip-refiner>=0.1,<0.2'")
+
+
+def test_a_wheel_for_another_platform_keeps_prompts_and_says_which_to_install(
+    webui: scripts.ScriptRunner, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    foreign = tmp_path / prip_refiner.LIBRARY_NAME
+    built_for = foreign_library(foreign)
+    monkeypatch.setattr(prip_refiner, "bundled_library", lambda: foreign)
+    monkeypatch.delenv("PRIP_LIB", raising=False)
+    info = txt2img(webui, [True, "", 8, 0.7, -1, True])
+    assert info["all_prompts"] == [PROMPT, PROMPT]
+    here = prip_refiner.this_platform()
+    assert parsed(info, 0)["PRIP"].endswith(f"is built for {built_for} and this Python runs on {here}: install the prip-refiner wheel built for {here}")
 
 
 def parsed(info: dict[str, Any], i: int) -> dict[str, Any]:
@@ -149,7 +272,7 @@ def test_the_fake_answers_the_info_the_recorded_server_does(webui: scripts.Scrip
     ],
 )
 def test_switched_off_nothing_is_refined(webui: scripts.ScriptRunner, monkeypatch: pytest.MonkeyPatch, entry: dict[str, Any]) -> None:
-    seen = spy_refine(monkeypatch, libprip.Refiner)
+    seen = spy_refine(monkeypatch, prip_refiner.Refiner)
     info = txt2img(webui, None, entry=entry)
     assert seen == []
     assert info["all_prompts"] == [PROMPT, PROMPT]
@@ -190,7 +313,7 @@ def test_switches_and_numbers_may_come_as_strings(webui: scripts.ScriptRunner) -
 def test_a_bad_argument_keeps_the_prompts_and_every_image_says_why(
     webui: scripts.ScriptRunner, monkeypatch: pytest.MonkeyPatch, args: list[Any], reason: str
 ) -> None:
-    seen = spy_refine(monkeypatch, libprip.Refiner)
+    seen = spy_refine(monkeypatch, prip_refiner.Refiner)
     info = txt2img(webui, args)
     assert seen == []
     assert info["all_prompts"] == [PROMPT, PROMPT]
@@ -218,7 +341,7 @@ def test_a_reason_with_commas_colons_and_quotes_reads_back_from_the_infotext(
 
 
 def test_when_nothing_was_added_the_infotext_says_why(webui: scripts.ScriptRunner, monkeypatch: pytest.MonkeyPatch) -> None:
-    spy_refine(monkeypatch, libprip.Refiner, outcome="budget_full")
+    spy_refine(monkeypatch, prip_refiner.Refiner, outcome="budget_full")
     info = txt2img(webui, [True, "", 8, 0.7, -1, True])
     assert info["all_prompts"] == [PROMPT, PROMPT]
     assert [parsed(info, i)["PRIP"] for i in range(2)] == ["not refined: budget_full"] * 2
@@ -227,7 +350,7 @@ def test_when_nothing_was_added_the_infotext_says_why(webui: scripts.ScriptRunne
 
 def test_each_image_says_its_own_outcome(webui: scripts.ScriptRunner, monkeypatch: pytest.MonkeyPatch) -> None:
     stopped = 3919858964 + 3
-    spy_refine(monkeypatch, libprip.Refiner, outcome="model_stopped", where=lambda r: r["seed"] == stopped)
+    spy_refine(monkeypatch, prip_refiner.Refiner, outcome="model_stopped", where=lambda r: r["seed"] == stopped)
     info = txt2img(webui, [True, "", 8, 0.7, -1, True], n_iter=3, enable_hr=False)
     assert info["all_seeds"][3] == stopped and info["all_prompts"][3] == PROMPT
     said = [parsed(info, i)["PRIP"] for i in range(6)]
@@ -236,7 +359,7 @@ def test_each_image_says_its_own_outcome(webui: scripts.ScriptRunner, monkeypatc
 
 def test_prompts_are_read_as_a1111_reads_them(webui: scripts.ScriptRunner, monkeypatch: pytest.MonkeyPatch) -> None:
     # A1111/Forge strip `#` comments to the end of the line: details must not land there.
-    seen = spy_refine(monkeypatch, libprip.Refiner)
+    seen = spy_refine(monkeypatch, prip_refiner.Refiner)
     prompt = "a fox # in the snow"
     info = txt2img(webui, [True, "", 8, 0.7, 42, True], prompt=prompt, enable_hr=False)
     assert {r["dialect"] for r in seen[0]} == {"a1111"}

@@ -1,7 +1,8 @@
 """Fakes of the ComfyUI host for the node package's tests: the `server` module's
 PromptServer (routes, on-prompt handlers, send_sync), aiohttp.web's json_response, and
 the node registry's view of a node (/object_info). The package itself is imported the
-way ComfyUI imports a custom node folder, and calls the real libprip_abi.
+way ComfyUI imports a custom node folder, and calls the real libprip_abi through the
+prip-refiner package (see plugin_testing for which one).
 
 Run through `cargo test -p prip-abi --test plugins`, which builds the library and a
 tiny model and sets PRIP_LIB and PRIP_MODEL.
@@ -23,7 +24,8 @@ import pytest
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PACKAGE_DIR.parents[1] / "python"))
 
-from plugin_testing import required_env  # noqa: E402
+from plugin_testing import required_env, use_library  # noqa: E402
+
 MODULE_NAME = "prip_under_test"
 
 
@@ -132,6 +134,12 @@ def execute(cls: type, inputs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[st
 @pytest.fixture
 def comfy(monkeypatch: pytest.MonkeyPatch) -> Iterator[types.SimpleNamespace]:
     """A fake ComfyUI with the package loaded from its folder, as custom_nodes are."""
+    yield from load_comfy(monkeypatch)
+
+
+def load_comfy(monkeypatch: pytest.MonkeyPatch) -> Iterator[types.SimpleNamespace]:
+    """The fixture's body, for tests that change the Python environment (remove the
+    prip-refiner package, say) before the node package is imported."""
     server = PromptServer()
     PromptServer.instance = server
     server_module = types.ModuleType("server")
@@ -142,7 +150,7 @@ def comfy(monkeypatch: pytest.MonkeyPatch) -> Iterator[types.SimpleNamespace]:
     aiohttp.web = web  # type: ignore[attr-defined]
     for name, module in [("server", server_module), ("aiohttp", aiohttp), ("aiohttp.web", web)]:
         monkeypatch.setitem(sys.modules, name, module)
-    monkeypatch.setenv("PRIP_LIB", required_env("PRIP_LIB"))
+    use_library(monkeypatch)
     monkeypatch.setenv("PRIP_MODEL", required_env("PRIP_MODEL"))
     monkeypatch.setenv("PRIP_DEVICE", "cpu")
     monkeypatch.delenv("PRIP_AUTO", raising=False)
@@ -159,9 +167,9 @@ def comfy(monkeypatch: pytest.MonkeyPatch) -> Iterator[types.SimpleNamespace]:
             package=package,
             nodes=sys.modules[f"{MODULE_NAME}.nodes"],
             hooks=sys.modules[f"{MODULE_NAME}.server_hooks"],
-            libprip=sys.modules[f"{MODULE_NAME}.libprip"],
+            binding=sys.modules[f"{MODULE_NAME}.binding"],
         )
     finally:
-        sys.modules[f"{MODULE_NAME}.nodes"].REFINERS.unload()
+        sys.modules[f"{MODULE_NAME}.binding"].unload()
         for name in [n for n in sys.modules if n == MODULE_NAME or n.startswith(MODULE_NAME + ".")]:
             del sys.modules[name]

@@ -1,15 +1,20 @@
-"""The PRIP node package inside a fake ComfyUI, refining with the real libprip_abi."""
+"""The PRIP node package inside a fake ComfyUI, refining with the real libprip_abi
+through the prip-refiner package."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
+import platform
+import sys
 import types
 from pathlib import Path
 
+import prip_refiner
 import pytest
-from conftest import execute, node_info
-from plugin_testing import direct, fixture, spy_refine
+from conftest import execute, load_comfy, node_info
+from plugin_testing import INSTALLED, direct, fixture, spy_refine
 
 
 def inputs(**changes: object) -> dict[str, object]:
@@ -58,7 +63,7 @@ def test_the_node_refines_reproducibly(comfy: types.SimpleNamespace) -> None:
 
 def test_the_model_loads_once_and_can_be_unloaded(comfy: types.SimpleNamespace) -> None:
     node = comfy.package.NODE_CLASS_MAPPINGS["PripPromptRefiner"]
-    refiners = comfy.nodes.REFINERS
+    refiners = comfy.binding.REFINERS
     execute(node, inputs())
     first = refiners._refiner
     execute(node, inputs(text="a dog", seed=9))
@@ -83,7 +88,8 @@ def test_a_missing_library_or_model_keeps_the_prompt_and_says_why(
     comfy: types.SimpleNamespace, monkeypatch: pytest.MonkeyPatch, variable: str, value: str, reason: str
 ) -> None:
     node = comfy.package.NODE_CLASS_MAPPINGS["PripPromptRefiner"]
-    good = os.environ[variable]
+    # PRIP_LIB is unset when the installed package's own library is under test.
+    good = os.environ.get(variable)
     monkeypatch.setenv(variable, value)
     (text, seed), ui = execute(node, inputs())
     assert (text, seed) == ("a little cat running in the woods", 7)
@@ -93,7 +99,10 @@ def test_a_missing_library_or_model_keeps_the_prompt_and_says_why(
     assert reason in message and "\n" not in message
     # The fallback is not cached: once fixed, the node runs and refines again.
     assert node.IS_CHANGED(**inputs()) != node.IS_CHANGED(**inputs())
-    monkeypatch.setenv(variable, good)
+    if good is None:
+        monkeypatch.delenv(variable)
+    else:
+        monkeypatch.setenv(variable, good)
     (text, _), ui = execute(node, inputs())
     assert text != "a little cat running in the woods" and "prip_failed" not in ui
     assert node.IS_CHANGED(**inputs()) == node.IS_CHANGED(**inputs())
@@ -162,7 +171,7 @@ def test_auto_mode_settings_are_checked(comfy: types.SimpleNamespace) -> None:
 def test_the_node_reads_prompts_as_comfyui_does(comfy: types.SimpleNamespace, monkeypatch: pytest.MonkeyPatch) -> None:
     # ComfyUI has no comments: `#` is text the model may write around.
     node = comfy.package.NODE_CLASS_MAPPINGS["PripPromptRefiner"]
-    seen = spy_refine(monkeypatch, comfy.libprip.Refiner)
+    seen = spy_refine(monkeypatch, prip_refiner.Refiner)
     text = "a cat # on a mat"
     (refined, _), ui = execute(node, inputs(text=text))
     assert [r["dialect"] for r in seen[0]] == ["comfyui"]
@@ -173,7 +182,7 @@ def test_the_node_reads_prompts_as_comfyui_does(comfy: types.SimpleNamespace, mo
 @pytest.mark.parametrize("outcome", ["budget_full", "model_stopped", "filtered"])
 def test_the_node_says_why_nothing_was_added(comfy: types.SimpleNamespace, monkeypatch: pytest.MonkeyPatch, outcome: str) -> None:
     node = comfy.package.NODE_CLASS_MAPPINGS["PripPromptRefiner"]
-    spy_refine(monkeypatch, comfy.libprip.Refiner, outcome=outcome)
+    spy_refine(monkeypatch, prip_refiner.Refiner, outcome=outcome)
     (text, seed), ui = execute(node, inputs())
     assert (text, seed) == ("a little cat running in the woods", 7)
     assert ui["prip"][0].startswith(f"PRIP: not refined: {outcome} (seed 7")
@@ -188,3 +197,144 @@ def test_auto_mode_leaves_a_workflow_the_proxy_refined(comfy: types.SimpleNamesp
     body = fixture("comfyui/prompt_request_txt2img_api.json")
     body.setdefault("extra_data", {})["prip"] = {"refined": True}
     assert comfy.server.trigger_on_prompt(copy.deepcopy(body)) == body
+
+
+def test_the_device_is_passed_through_auto_by_default(comfy: types.SimpleNamespace, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PRIP_DEVICE")
+    node = comfy.package.NODE_CLASS_MAPPINGS["PripPromptRefiner"]
+    (refined, _), ui = execute(node, inputs())
+    assert "prip_failed" not in ui
+    refiner = comfy.binding.REFINERS._refiner
+    assert refiner.device == "auto"
+    # The library under test: the installed package's own in CI's wheel test.
+    assert refiner.library == (prip_refiner.bundled_library() if INSTALLED else Path(os.environ["PRIP_LIB"]))
+    # auto on a machine without a GPU is the CPU, with nothing to tell.
+    assert comfy.server.sent == []
+
+
+def test_a_device_that_cannot_open_falls_back_to_the_cpu_with_a_toast(comfy: types.SimpleNamespace, monkeypatch: pytest.MonkeyPatch) -> None:
+    # No such GPU here (and no CUDA in this build): the open fails, the CPU runs it.
+    monkeypatch.setenv("PRIP_DEVICE", "cuda:99")
+    node = comfy.package.NODE_CLASS_MAPPINGS["PripPromptRefiner"]
+    (refined, _), ui = execute(node, inputs())
+    assert "prip_failed" not in ui
+    assert refined == direct("a little cat running in the woods", 7, max_new_tokens=8, temperature=0.7)
+    [(event, data)] = comfy.server.sent
+    assert event == "prip.status"
+    assert data["message"].startswith("PRIP runs on the CPU: device cuda:99 failed: ")
+    assert "\n" not in data["message"]
+    assert comfy.binding.REFINERS._refiner.device == "cpu"
+    # Told once: the CPU refiner is kept for these settings ...
+    execute(node, inputs(seed=8))
+    assert len(comfy.server.sent) == 1
+    # ... until it is unloaded; then the device is tried again.
+    comfy.server.call("POST", "/prip/unload")
+    execute(node, inputs())
+    assert len(comfy.server.sent) == 2
+
+
+def test_a_device_that_fails_while_refining_falls_back_to_the_cpu(comfy: types.SimpleNamespace, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PRIP_DEVICE", "auto")
+    real = prip_refiner.Refiner.refine
+
+    def out_of_memory(self: prip_refiner.Refiner, *args: object, **kwargs: object) -> object:
+        if self.device != "cpu":
+            raise prip_refiner.PripError("cuda:0: out of memory refining a batch of 1; lower the batch size")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(prip_refiner.Refiner, "refine", out_of_memory)
+    node = comfy.package.NODE_CLASS_MAPPINGS["PripPromptRefiner"]
+    (refined, _), ui = execute(node, inputs())
+    assert refined == direct("a little cat running in the woods", 7, max_new_tokens=8, temperature=0.7)
+    assert "prip_failed" not in ui
+    assert comfy.server.sent == [("prip.status", {"message": "PRIP runs on the CPU: device auto failed: cuda:0: out of memory refining a batch of 1; lower the batch size"})]
+    # Auto mode goes through the same refiner, now on the CPU.
+    comfy.server.call("POST", "/prip/auto", {"enabled": True, "seed": 7, "max_new_tokens": 8})
+    queued = comfy.server.trigger_on_prompt(fixture("comfyui/prompt_request_txt2img_api.json"))
+    assert queued["prompt"]["6"]["inputs"]["text"] == direct("a (red:1.2) fox, embedding:foo", 7, max_new_tokens=8)
+    assert len(comfy.server.sent) == 1
+
+
+def test_what_fails_on_the_cpu_too_is_reported_not_blamed_on_the_device(comfy: types.SimpleNamespace, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PRIP_DEVICE", "cuda:99")
+    monkeypatch.setenv("PRIP_MODEL", "/no/such/model")
+    node = comfy.package.NODE_CLASS_MAPPINGS["PripPromptRefiner"]
+    (text, _), ui = execute(node, inputs())
+    assert text == "a little cat running in the woods"
+    assert "/no/such/model" in ui["prip"][0] and "cuda" not in ui["prip"][0]
+    assert comfy.server.sent == []
+
+
+def test_without_the_package_the_node_loads_keeps_prompts_and_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    # None in sys.modules makes `import prip_refiner` fail as if it were not installed.
+    monkeypatch.setitem(sys.modules, "prip_refiner", None)
+    with contextlib.contextmanager(load_comfy)(monkeypatch) as comfy:
+        node = comfy.package.NODE_CLASS_MAPPINGS["PripPromptRefiner"]
+        (text, seed), ui = execute(node, inputs())
+        assert (text, seed) == ("a little cat running in the woods", 7)
+        message = ui["prip"][0]
+        assert message.startswith("PRIP: not refined, the prompt is used as written: the prip-refiner package is not installed")
+        assert f"pip install -r {comfy.binding.REQUIREMENTS_TXT}" in message
+        comfy.server.call("POST", "/prip/auto", {"enabled": True})
+        body = fixture("comfyui/prompt_request_txt2img_api.json")
+        assert comfy.server.trigger_on_prompt(copy.deepcopy(body)) == body
+        assert "the prip-refiner package is not installed" in comfy.server.sent[-1][1]["message"]
+        assert comfy.server.call("POST", "/prip/unload").data == {"unloaded": False}
+
+
+def test_a_package_too_old_for_the_node_keeps_prompts_and_says_what_to_install(comfy: types.SimpleNamespace, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(prip_refiner, "ABI_MINOR", 1)
+    node = comfy.package.NODE_CLASS_MAPPINGS["PripPromptRefiner"]
+    (text, _), ui = execute(node, inputs())
+    assert text == "a little cat running in the woods" and ui["prip_failed"] == [True]
+    assert ui["prip"][0].endswith(
+        f"this plugin needs prip-refiner with PRIP ABI 1.2 or a later 1.x, but prip-refiner {prip_refiner.__version__} "
+        "has 1.1: pip install --upgrade 'prip-refiner>=0.1,<0.2'"
+    )
+
+
+def test_a_library_of_another_abi_version_keeps_prompts_and_names_both(comfy: types.SimpleNamespace, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The binding asks for more than the library has, as with an old PRIP_LIB build.
+    monkeypatch.setattr(prip_refiner, "ABI_MINOR", 99)
+    node = comfy.package.NODE_CLASS_MAPPINGS["PripPromptRefiner"]
+    (text, _), ui = execute(node, inputs())
+    assert text == "a little cat running in the woods" and ui["prip_failed"] == [True]
+    message = ui["prip"][0]
+    assert "implements PRIP ABI 1.2; prip-refiner" in message and "needs 1.99 or a later 1.x" in message
+    assert ("reinstall prip-refiner" if INSTALLED else "unset PRIP_LIB") in message
+
+
+def foreign_library(path: Path) -> str:
+    """Writes the start of a shared library built for another CPU; returns its platform."""
+    machine, code = ("x86_64", 0x3E) if platform.machine().lower() in ("aarch64", "arm64") else ("aarch64", 0xB7)
+    path.write_bytes(b"\x7fELF\x02\x01\x01" + bytes(9) + (3).to_bytes(2, "little") + code.to_bytes(2, "little") + bytes(44))
+    return f"linux-{machine}"
+
+
+def test_a_wheel_for_another_platform_keeps_prompts_and_says_which_to_install(
+    comfy: types.SimpleNamespace, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    foreign = tmp_path / prip_refiner.LIBRARY_NAME
+    built_for = foreign_library(foreign)
+    # As if the package held the library of another platform's wheel.
+    monkeypatch.setattr(prip_refiner, "bundled_library", lambda: foreign)
+    monkeypatch.delenv("PRIP_LIB", raising=False)
+    node = comfy.package.NODE_CLASS_MAPPINGS["PripPromptRefiner"]
+    (text, _), ui = execute(node, inputs())
+    assert text == "a little cat running in the woods" and ui["prip_failed"] == [True]
+    here = prip_refiner.this_platform()
+    assert ui["prip"][0].endswith(
+        f"{foreign} is built for {built_for} and this Python runs on {here}: install the prip-refiner wheel built for {here}"
+    )
+
+
+def test_the_requirement_is_the_same_everywhere() -> None:
+    import tomllib
+
+    package = Path(__file__).resolve().parents[1]
+    requirement = (package / "binding.py").read_text().split('REQUIREMENT = "')[1].split('"')[0]
+    lines = [line for line in (package / "requirements.txt").read_text().splitlines() if line and not line.startswith("#")]
+    assert lines == [requirement]
+    assert tomllib.loads((package / "pyproject.toml").read_text())["project"]["dependencies"] == [requirement]
+    a1111 = package.parent / "a1111" / "prip_binding.py"
+    assert f'REQUIREMENT = "{requirement}"' in a1111.read_text()

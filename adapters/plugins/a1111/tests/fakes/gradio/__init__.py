@@ -9,6 +9,12 @@ from typing import Any
 # Every component created, in order, with the layout blocks open around it.
 created: list[Component] = []
 _open: list[Block] = []
+# Every gr.Warning shown (a toast in the web UI).
+warnings: list[str] = []
+
+
+def Warning(message: str = "") -> None:  # noqa: N802 - gradio's name
+    warnings.append(message)
 
 
 class Block:

@@ -1,1 +1,0 @@
-../../python/libprip.py
