@@ -490,7 +490,6 @@ impl Llama {
             );
         }
         let (cos, sin) = self.rotary.gather(positions, embeds.dtype())?;
-        let bias = causal_padding_bias(key_valid, t, embeds.dtype())?;
         if let Some(c) = cache.as_deref_mut() {
             c.layers.resize(self.layers.len(), None);
         }
@@ -499,6 +498,20 @@ impl Llama {
             self.cfg.kv_heads(),
             self.cfg.head_dim(),
         );
+        // Grouped-query attention without copying k/v once per query head: the query
+        // heads that share a kv head are laid out as rows of one group, (b, kvh,
+        // n_rep * t, hd), so each group multiplies its kv head directly. The bias rows
+        // follow the same (n_rep, t) order.
+        let n_rep = h / kvh;
+        let bias = causal_padding_bias(key_valid, t, embeds.dtype())?;
+        let bias = if n_rep > 1 && t > 1 {
+            let l = bias.dim(3)?;
+            bias.unsqueeze(2)?
+                .broadcast_as((b, 1, n_rep, t, l))?
+                .reshape((b, 1, n_rep * t, l))?
+        } else {
+            bias
+        };
         let mut x = embeds.clone();
         for (i, blk) in self.layers.iter().enumerate() {
             let res = x.clone();
@@ -521,9 +534,12 @@ impl Llama {
                 }
                 c.layers[i] = Some((k.clone(), v.clone()));
             }
-            let (k, v) = (repeat_kv(&k, h / kvh)?, repeat_kv(&v, h / kvh)?);
+            let q = q.contiguous()?.reshape((b, kvh, n_rep * t, hd))?;
             let y = attention(&q, &k, &v, Some(&bias), 1.0 / (hd as f64).sqrt(), self.mode)?;
-            let y = y.transpose(1, 2)?.reshape((b, t, h * hd))?;
+            let y = y
+                .reshape((b, h, t, hd))?
+                .transpose(1, 2)?
+                .reshape((b, t, h * hd))?;
             x = (res + blk.o.forward(&y)?)?;
             let res = x.clone();
             let xn = self
@@ -542,16 +558,6 @@ impl Llama {
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         self.lm_head.forward(hidden)?.to_dtype(DType::F32)
     }
-}
-
-fn repeat_kv(x: &Tensor, n: usize) -> Result<Tensor> {
-    if n == 1 {
-        return Ok(x.clone());
-    }
-    let (b, kvh, t, hd) = x.dims4()?;
-    x.unsqueeze(2)?
-        .broadcast_as((b, kvh, n, t, hd))?
-        .reshape((b, kvh * n, t, hd))
 }
 
 /// The logical input width of GGUF matrix `name` (its stored width may be padded by
