@@ -198,11 +198,6 @@ pub struct Generated {
     pub ids: Vec<Vec<u32>>,
     /// Wall time of the prefill (the whole padded batch through the LM), ms.
     pub prefill_ms: f64,
-    /// Real (unpadded) positions the prefill processed, summed over rows.
-    pub prefill_positions: usize,
-    /// Row-steps of the decode loop: one per row still decoding per step (each yields
-    /// the next token of one row).
-    pub row_steps: usize,
 }
 
 /// D: the LM, the pivot projection and the template.
@@ -383,12 +378,6 @@ impl PromptDecoder {
             Some(&mut cache),
         )?;
         let prefill_ms = t0.elapsed().as_secs_f64() * 1e3;
-        let mut stats = Generated {
-            ids: Vec::new(),
-            prefill_ms,
-            prefill_positions: batch.lengths.iter().sum(),
-            row_steps: 0,
-        };
         let mut valid = batch.valid.clone();
         let mut next_pos: Vec<u32> = batch.lengths.iter().map(|&l| l as u32).collect();
         // Batch slot -> row of `rows`, for the rows still decoding.
@@ -459,13 +448,14 @@ impl PromptDecoder {
             let pos = Tensor::from_vec(pos, (m, 1), dev)?;
             valid = Tensor::cat(&[&valid, &Tensor::ones((m, 1), DType::U32, dev)?], 1)?;
             hidden = lm.forward_embeds(&lm.embed(&ids)?, &pos, &valid, Some(&mut cache))?;
-            stats.row_steps += m;
             for &i in &active {
                 next_pos[i] += 1;
             }
         }
-        stats.ids = samplers.iter().map(|s| s.generated().to_vec()).collect();
-        Ok(stats)
+        Ok(Generated {
+            ids: samplers.iter().map(|s| s.generated().to_vec()).collect(),
+            prefill_ms,
+        })
     }
 
     /// Makes the end-of-text tokens unsampleable.
