@@ -721,23 +721,25 @@ async fn under_overload_requests_go_upstream_at_once_and_none_is_lost() {
         waits.push(waited);
     }
     waits.sort();
-    let slowest = *waits.last().unwrap();
     eprintln!(
-        "200 requests in {:?}: median wait {:?}, p95 {:?}, max {slowest:?}; {outcomes:?}",
+        "200 requests in {:?}: median wait {:?}, p95 {:?}, max {:?}; {outcomes:?}",
         started.elapsed(),
         waits[100],
-        waits[190]
+        waits[190],
+        waits[199]
     );
-    assert!(slowest < timeout + Duration::from_secs(1), "{slowest:?}");
+    // Wall-clock bounds flake on a loaded machine; what the queue promises is a count: it
+    // admits only what its measured cost (at least 100 ms a request) lets it refine within
+    // the 3 s timeout, about 30 at a time, and sends the rest upstream unrefined without
+    // queueing them. Even if the burst arrives spread over seconds, most are shed.
+    let overloaded = metrics.failures("refine_overloaded") as usize;
     assert!(
-        waits[150] < timeout / 2,
-        "most requests went upstream at once, not after the timeout: {:?}",
-        waits[150]
+        overloaded > 100,
+        "most requests went upstream at once: {overloaded} shed, {outcomes:?}"
     );
     assert!(
         outcomes.get("refined").copied().unwrap_or(0) > 0,
         "{outcomes:?}"
     );
-    assert!(metrics.failures("refine_overloaded") > 0);
     assert_eq!(fake.seen().len(), 201, "none lost");
 }
