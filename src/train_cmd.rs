@@ -7,6 +7,7 @@ use clap::{Args, Subcommand};
 use prip_core::store::ModelStore;
 use prip_trainer::config::TrainConfig;
 use prip_trainer::distributed::{launch, without_flag, Gpus, LaunchPlan, World};
+use prip_trainer::ppo;
 use prip_trainer::recipe::{make_default_data, RecipeOptions};
 use prip_trainer::run::Start;
 use prip_trainer::stage::{self, Stage};
@@ -39,6 +40,9 @@ pub enum TrainCommand {
         #[arg(long)]
         images: bool,
     },
+    /// The third stage: PPO on the Preference Encoder with a reward of its refinements
+    /// (text-side stand-in, a keyword, or image preference scores), the decoder frozen.
+    Ppo(PpoArgs),
     /// Train one generation system's decoder LoRA (selectable with `prip refine --system NAME`).
     Adapt {
         /// System name, e.g. sd15, sdxl, flux.
@@ -66,6 +70,63 @@ pub struct StageArgs {
     /// MASTER_ADDR (and MASTER_PORT) on each, as for torchrun.
     #[arg(long, value_name = "all|N")]
     pub gpus: Option<Gpus>,
+}
+
+/// Flags of `prip train ppo`.
+#[derive(Debug, Args)]
+pub struct PpoArgs {
+    /// Training config (TOML with [ppo] and [reward]; see examples/train/default/ppo.toml).
+    #[arg(value_name = "CONFIG")]
+    pub train_config: PathBuf,
+    /// Continue the newest snapshot of an interrupted run.
+    #[arg(long, conflicts_with = "restart")]
+    pub resume: bool,
+    /// Discard an interrupted run and start over.
+    #[arg(long)]
+    pub restart: bool,
+}
+
+fn start_of(resume: bool, restart: bool) -> Start {
+    match (resume, restart) {
+        (true, _) => Start::Resume,
+        (_, true) => Start::Restart,
+        _ => Start::Fresh,
+    }
+}
+
+fn run_ppo(args: PpoArgs) -> anyhow::Result<ExitCode> {
+    let cfg = TrainConfig::load(&args.train_config)?;
+    let store = ModelStore::from_env()?;
+    let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut reward = ppo::open_reward(&cfg, &store)?;
+    let s = ppo::train(
+        &cfg,
+        &store,
+        reward.as_mut(),
+        start_of(args.resume, args.restart),
+        progress,
+    )?;
+    let resumed = s
+        .resumed_from
+        .map(|r| format!(" (resumed at step {r})"))
+        .unwrap_or_default();
+    println!(
+        "ppo: {} steps{resumed}, {} reward {:.4} -> {:.4}, KL {:.3}, {} steps skipped, {:.0} s",
+        s.steps,
+        reward.name(),
+        s.first_reward,
+        s.last_reward,
+        s.last_kl,
+        s.skipped_steps,
+        s.seconds
+    );
+    println!("checkpoint: {}", cfg.out.display());
+    println!(
+        "metrics: {}  plots: {}/{{reward,kl,loss}}.svg",
+        s.metrics.display(),
+        s.run_dir.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Runs `prip train ...`.
@@ -99,6 +160,7 @@ pub fn run(cmd: TrainCommand) -> anyhow::Result<ExitCode> {
             );
             return Ok(ExitCode::SUCCESS);
         }
+        TrainCommand::Ppo(a) => return run_ppo(a),
         TrainCommand::WarmupEncoder(a) => (Stage::WarmupEncoder, a),
         TrainCommand::WarmupDecoder(a) => (Stage::WarmupDecoder, a),
         TrainCommand::Adapt { system, args } => (Stage::Adapt { system }, args),
@@ -108,11 +170,7 @@ pub fn run(cmd: TrainCommand) -> anyhow::Result<ExitCode> {
         launch_gpus(gpus)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let start = match (args.resume, args.restart) {
-        (true, _) => Start::Resume,
-        (_, true) => Start::Restart,
-        _ => Start::Fresh,
-    };
+    let start = start_of(args.resume, args.restart);
     let store = ModelStore::from_env()?;
     let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let s = stage::run(&stage, &cfg, &store, start, progress)?;

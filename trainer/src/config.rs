@@ -6,6 +6,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::objective::{DecoderSettings, TargetChoice};
 use crate::optim::OptimConfig;
+use crate::ppo::PpoSettings;
+use crate::reward::RewardConfig;
 use crate::{Result, TrainError};
 
 /// One training run.
@@ -38,6 +40,12 @@ pub struct TrainConfig {
     /// Decoder warm-up and adaptation.
     #[serde(default)]
     pub decoder: DecoderSettings,
+    /// PPO (`prip train ppo`; `train` then lists user-prompt files).
+    #[serde(default)]
+    pub ppo: PpoSettings,
+    /// The reward PPO maximises.
+    #[serde(default)]
+    pub reward: RewardConfig,
 }
 
 fn default_device() -> String {
@@ -154,6 +162,7 @@ impl TrainConfig {
         for f in &mut self.train {
             *f = tidy(&dir.join(&*f));
         }
+        self.reward.rebase(dir);
         let base = tidy(&dir.join(&self.base));
         if base.join(prip_core::checkpoint::MANIFEST).is_file() {
             self.base = base.display().to_string();
@@ -178,6 +187,7 @@ impl TrainConfig {
         if self.decoder.noise_std.is_nan() || self.decoder.noise_std < 0.0 {
             return Err("decoder.noise_std must be >= 0".into());
         }
+        self.ppo.validate()?;
         if self.train.is_empty() {
             return Err("train lists no corpus files".into());
         }

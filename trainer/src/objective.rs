@@ -545,12 +545,12 @@ fn cross_entropy(logits: &Tensor, labels: &Tensor) -> candle_core::Result<Tensor
 
 /// The LoRA of a trained objective as a saveable set.
 pub fn lora_set(params: &ParamStore, cfg: &LoraConfig) -> Result<LoraSet> {
-    lora::from_tensors(&params.snapshot("base_model."), cfg).map_err(TrainError::Config)
+    lora::from_tensors(&params.snapshot("base_model.")?, cfg).map_err(TrainError::Config)
 }
 
 /// Tensors of the head (pivot former and projection) for head.safetensors.
-pub fn head_tensors(params: &ParamStore) -> HashMap<String, Tensor> {
-    let mut m = params.snapshot(&format!("{FORMER_PREFIX}."));
-    m.extend(params.snapshot(&format!("{PROJECTION_PREFIX}.")));
-    m
+pub fn head_tensors(params: &ParamStore) -> Result<HashMap<String, Tensor>> {
+    let mut m = params.snapshot(&format!("{FORMER_PREFIX}."))?;
+    m.extend(params.snapshot(&format!("{PROJECTION_PREFIX}."))?);
+    Ok(m)
 }

@@ -27,6 +27,20 @@ pub struct OptimConfig {
     pub eps: f64,
     /// Clip the global gradient norm to this (0 = off).
     pub grad_clip: f64,
+    /// Learning rate after the warm-up: cosine decay (warm-ups) or constant (PPO, as the
+    /// paper trains its Preference Encoder, Section 4.1).
+    pub schedule: Schedule,
+}
+
+/// How the learning rate moves after the warm-up steps.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    /// Cosine decay to 10% of the peak by the last step.
+    #[default]
+    Cosine,
+    /// The peak rate to the end.
+    Constant,
 }
 
 impl Default for OptimConfig {
@@ -39,15 +53,19 @@ impl Default for OptimConfig {
             beta2: 0.999,
             eps: 1e-8,
             grad_clip: 1.0,
+            schedule: Schedule::Cosine,
         }
     }
 }
 
 impl OptimConfig {
-    /// Learning rate at `step` of `total`: linear warm-up, then cosine decay to 10%.
+    /// Learning rate at `step` of `total`: linear warm-up, then the [`Schedule`].
     pub fn lr_at(&self, step: usize, total: usize) -> f64 {
         if step < self.warmup_steps {
             return self.lr * (step + 1) as f64 / self.warmup_steps as f64;
+        }
+        if self.schedule == Schedule::Constant {
+            return self.lr;
         }
         let span = total.saturating_sub(self.warmup_steps).max(1) as f64;
         let t = ((step - self.warmup_steps) as f64 / span).min(1.0);
@@ -189,5 +207,12 @@ mod tests {
         assert!((c.lr_at(10, 100) - 1.0).abs() < 1e-9);
         assert!((c.lr_at(100, 100) - 0.1).abs() < 1e-9);
         assert!(c.lr_at(50, 100) < 1.0 && c.lr_at(50, 100) > 0.1);
+        let constant = OptimConfig {
+            schedule: Schedule::Constant,
+            ..c
+        };
+        assert!((constant.lr_at(0, 100) - 0.1).abs() < 1e-9);
+        assert_eq!(constant.lr_at(50, 100), 1.0);
+        assert_eq!(constant.lr_at(100, 100), 1.0);
     }
 }

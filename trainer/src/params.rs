@@ -60,12 +60,15 @@ impl ParamStore {
             .collect()
     }
 
-    /// The current values of the parameters whose names start with `prefix`.
-    pub fn snapshot(&self, prefix: &str) -> HashMap<String, Tensor> {
+    /// Copies of the current values of the parameters whose names start with `prefix`.
+    /// Copies, not views: an optimiser step writes into a `Var`'s storage in place, so a
+    /// detached view would follow the training (a PPO reference would drift with the
+    /// policy it is meant to anchor).
+    pub fn snapshot(&self, prefix: &str) -> Result<HashMap<String, Tensor>> {
         self.lock()
             .iter()
             .filter(|(k, _)| k.starts_with(prefix))
-            .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
+            .map(|(k, v)| Ok((k.clone(), v.as_tensor().copy()?)))
             .collect()
     }
 

@@ -301,6 +301,7 @@ pub fn train_with<O: Objective>(
                 &snaps,
                 objective.params(),
                 &opt,
+                step,
                 &state,
                 settings.keep_snapshots,
             )?;
@@ -331,7 +332,7 @@ pub fn train_with<O: Objective>(
 
 /// Rank 0's set-up of the stage's run directory: refuses to overwrite an unfinished run
 /// unless asked, clears a finished or discarded one.
-fn prepare_run_dir(
+pub(crate) fn prepare_run_dir(
     run_dir: &Path,
     snaps: &Path,
     stage: &str,
@@ -371,7 +372,12 @@ fn out_of_memory(e: TrainError, batch_size: usize, world: usize) -> TrainError {
     ))
 }
 
-fn non_finite(step: usize, what: &str, last_good: Option<usize>, out: &Path) -> TrainError {
+pub(crate) fn non_finite(
+    step: usize,
+    what: &str,
+    last_good: Option<usize>,
+    out: &Path,
+) -> TrainError {
     let kept = match last_good {
         Some(s) => format!(
             "the last good checkpoint (step {s}) is kept in {}",
@@ -419,14 +425,8 @@ pub fn prepare_out(base: &Checkpoint, out: &Path) -> Result<Checkpoint> {
 /// Writes the trained parts of `objective` into the checkpoint: head.safetensors, and
 /// `lora/<system>.safetensors` registered in prip.toml for decoder stages.
 pub fn export<O: Objective>(objective: &O, out: &Checkpoint, dtype: DType) -> Result<()> {
-    let mut m = Checkpoint::open(&out.dir)?.manifest;
-    let head = out.file(&m.head.weights);
+    let mut m = export_head(objective.params(), out, dtype)?;
     let cast = |t: Tensor| t.to_dtype(dtype);
-    let tensors = head_tensors(objective.params())
-        .into_iter()
-        .map(|(k, v)| Ok((k, cast(v)?)))
-        .collect::<candle_core::Result<HashMap<_, _>>>()?;
-    save_atomic(&tensors, &head)?;
     if let Some(system) = objective.system() {
         let mut set = lora_set(objective.params(), &m.lora)?;
         for (_, _, l) in &mut set {
@@ -450,26 +450,46 @@ pub fn export<O: Objective>(objective: &O, out: &Checkpoint, dtype: DType) -> Re
     Ok(())
 }
 
+/// Writes the head (pivot former and projection) of `params` into the checkpoint's
+/// head.safetensors in `dtype`, atomically; returns the checkpoint's manifest.
+pub(crate) fn export_head(
+    params: &crate::params::ParamStore,
+    out: &Checkpoint,
+    dtype: DType,
+) -> Result<Manifest> {
+    let m = Checkpoint::open(&out.dir)?.manifest;
+    let head = out.file(&m.head.weights);
+    let tensors = head_tensors(params)?
+        .into_iter()
+        .map(|(k, v)| Ok((k, v.to_dtype(dtype)?)))
+        .collect::<candle_core::Result<HashMap<_, _>>>()?;
+    save_atomic(&tensors, &head)?;
+    Ok(m)
+}
+
 fn write_manifest(dir: &Path, m: &Manifest) -> Result<()> {
     let text = toml::to_string(m).map_err(|e| TrainError::Config(e.to_string()))?;
     write_atomic(&dir.join(MANIFEST), text.as_bytes())
 }
 
-fn snapshot(
+/// Writes a resumable snapshot `step-N/` (every parameter, the optimiser's moments and
+/// `state` as state.json) atomically, keeping the newest `keep`.
+pub(crate) fn snapshot<S: Serialize>(
     snaps: &Path,
     params: &crate::params::ParamStore,
     opt: &AdamW,
-    state: &RunState,
+    step: usize,
+    state: &S,
     keep: usize,
 ) -> Result<()> {
-    let name = format!("step-{:08}", state.step);
+    let name = format!("step-{step:08}");
     let tmp = snaps.join(format!("{name}.tmp"));
     let dst = snaps.join(&name);
     if tmp.exists() {
         fs::remove_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
     }
     fs::create_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
-    save(&params.snapshot(""), &tmp.join("params.safetensors"))?;
+    save(&params.snapshot("")?, &tmp.join("params.safetensors"))?;
     save(&opt.state(), &tmp.join("optim.safetensors"))?;
     let json = serde_json::to_vec_pretty(state).map_err(|e| TrainError::Config(e.to_string()))?;
     write_synced(&tmp.join("state.json"), &json)?;
@@ -503,20 +523,21 @@ fn complete_snapshots(snaps: &Path) -> Result<Vec<(usize, PathBuf)>> {
     Ok(out)
 }
 
-fn latest_snapshot(snaps: &Path) -> Result<Option<(usize, PathBuf)>> {
+pub(crate) fn latest_snapshot(snaps: &Path) -> Result<Option<(usize, PathBuf)>> {
     Ok(complete_snapshots(snaps)?.pop())
 }
 
-fn truncate_metrics(path: &Path, step: usize) -> Result<()> {
+pub(crate) fn truncate_metrics(path: &Path, step: usize) -> Result<()> {
     let Ok(text) = fs::read_to_string(path) else {
         return Ok(());
     };
     let kept: String = text
         .lines()
         .filter(|l| {
-            serde_json::from_str::<StepMetrics>(l)
-                .map(|m| m.step <= step)
-                .unwrap_or(false)
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|m| m["step"].as_u64())
+                .is_some_and(|s| s as usize <= step)
         })
         .map(|l| format!("{l}\n"))
         .collect();
@@ -532,12 +553,12 @@ fn read_losses(path: &Path) -> Result<Vec<(usize, f64)>> {
         .collect())
 }
 
-fn load(path: &Path) -> Result<HashMap<String, Tensor>> {
+pub(crate) fn load(path: &Path) -> Result<HashMap<String, Tensor>> {
     candle_core::safetensors::load(path, &candle_core::Device::Cpu)
         .map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))
 }
 
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     let text = fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
     serde_json::from_str(&text).map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))
 }
