@@ -84,13 +84,19 @@ class ArgumentError(PripError):
     """An argument of the extension that is not what ui() gives."""
 
 
+# The web UI's API copies alwayson_scripts args item by item, so args sent as one string
+# ("args": "true") arrive as its characters: the switch gets "t".
+SPLIT_STRING = "; were the args sent as a string? the web UI splits one into its characters: send a list, e.g. [true]"
+
+
 def switch(name: str, value: Any) -> bool:
     """A checkbox: true/false, or "true"/"false" in any case (as some API clients send)."""
     if isinstance(value, bool):
         return value
     if isinstance(value, str) and value.strip().lower() in ("true", "false"):
         return value.strip().lower() == "true"
-    raise ArgumentError(f"{name} must be true or false, not {value!r}")
+    hint = SPLIT_STRING if name == "enabled" and isinstance(value, str) and len(value) == 1 else ""
+    raise ArgumentError(f"{name} must be true or false, not {value!r}{hint}")
 
 
 def number(value: Any) -> Any:
@@ -212,7 +218,9 @@ def refine_prompts(p: Any, s: Settings) -> None:
     if used_system is None:
         return
     p.main_prompt = p.all_prompts[0]
-    p.extra_generation_params["PRIP seed"] = s.seed if s.seed is not None else image_seed
+    # A plain value when every image has the same (a fixed seed, or one image): the API's
+    # info.extra_generation_params then carries it; a callable there reads null.
+    p.extra_generation_params["PRIP seed"] = seeds[0] if len(set(seeds)) == 1 else image_seed
     p.extra_generation_params["PRIP system"] = used_system
 
 

@@ -389,3 +389,30 @@ def test_hires_prompts_equal_to_the_prompts_stay_unmentioned_in_every_batch(webu
     assert info["all_prompts"][2] != info["all_prompts"][0]
     assert all("Hires prompt" not in text for text in info["infotexts"])
 
+
+def test_args_sent_as_a_string_say_to_send_a_list(webui: scripts.ScriptRunner, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The web UI's API copies alwayson_scripts args item by item, so a string arrives as
+    # its characters (seen on Forge f2.0.1v1.10.1: "args": "yes" gave the switch 'y').
+    seen = spy_refine(monkeypatch, prip_refiner.Refiner)
+    info = txt2img(webui, None, entry={"args": "yes"})
+    assert seen == []
+    assert info["all_prompts"] == [PROMPT, PROMPT]
+    reason = "enabled must be true or false, not 'y'; were the args sent as a string? the web UI splits one into its characters: send a list, e.g. [true]"
+    assert [parsed(info, i)["PRIP"] for i in range(2)] == [f"not refined: {reason}"] * 2
+    assert api_info(info)["extra_generation_params"]["PRIP"] == f"not refined: {reason}"
+    # A list with a wrong switch says only what is wrong.
+    assert parsed(txt2img(webui, ["yes"]), 0)["PRIP"] == "not refined: enabled must be true or false, not 'yes'"
+
+
+def test_the_api_info_carries_the_prip_seed_when_every_image_has_the_same(webui: scripts.ScriptRunner) -> None:
+    # Forge f2.0.1v1.10.1 answered "PRIP seed": null in info.extra_generation_params for
+    # a one-image job (a callable there is written as null).
+    one = txt2img(webui, [True, "", 8, 0.7, -1, True], batch_size=1, enable_hr=False)
+    [seed] = one["all_seeds"]
+    assert api_info(one)["extra_generation_params"]["PRIP seed"] == seed
+    assert parsed(one, 0)["PRIP seed"] == str(seed)
+    fixed = txt2img(webui, [True, "", 8, 0.7, 42, True])
+    assert api_info(fixed)["extra_generation_params"]["PRIP seed"] == 42
+    # Images with their own seeds: each infotext says its own.
+    several = txt2img(webui, [True, "", 8, 0.7, -1, True])
+    assert [parsed(several, i)["PRIP seed"] for i in range(2)] == [str(s) for s in several["all_seeds"]]
