@@ -18,6 +18,7 @@ pub mod objective;
 pub mod optim;
 pub mod params;
 pub mod plot;
+pub mod preference;
 pub mod recipe;
 pub mod render;
 pub mod run;
