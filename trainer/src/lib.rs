@@ -12,6 +12,7 @@ pub mod diffusiondb;
 pub mod distributed;
 pub mod error;
 pub mod eval;
+pub mod eval_images;
 pub mod image;
 pub mod net;
 pub mod objective;
