@@ -62,12 +62,12 @@ pub enum EvalImagesError {
         reason: String,
     },
     /// A file could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The file.
         path: PathBuf,
-        /// Why.
-        source: std::io::Error,
+        /// Why (in the message, not a `source`: the CLI prints error chains).
+        error: std::io::Error,
     },
     /// Rendering or scoring could not be set up.
     #[error(transparent)]
@@ -83,10 +83,10 @@ pub enum EvalImagesError {
     TooManyFailures(#[from] TooManyFailures),
 }
 
-fn io(path: &Path, source: std::io::Error) -> EvalImagesError {
+fn io(path: &Path, error: std::io::Error) -> EvalImagesError {
     EvalImagesError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     }
 }
 
@@ -900,18 +900,19 @@ pub fn evaluate_images(opts: &ImagesEvalOptions, store: &ModelStore) -> Result<I
     }
     std::fs::create_dir_all(&opts.out).map_err(|e| io(&opts.out, e))?;
 
-    // Refine first: a broken baseline fails before any image is rendered.
-    let refined: Vec<Vec<Vec<String>>> = systems
-        .iter()
-        .map(|s| refinements(s, &categories, opts, store))
-        .collect::<Result<_>>()?;
-
+    // Servers and scorers first (a wrong URL fails at once), then refinements (a
+    // broken baseline fails before any image is rendered).
     let mut images = opts.images.clone();
     if images.cache.is_none() {
         images.cache = Some(opts.out.join("images"));
     }
     let device = opts.device.open()?;
     let pref = ImagePreference::open(&images, &device)?;
+    let refined: Vec<Vec<Vec<String>>> = systems
+        .iter()
+        .map(|s| refinements(s, &categories, opts, store))
+        .collect::<Result<_>>()?;
+
     let labels = pref.labels();
     let (backend, settings) = pref.render_key();
     let render = short_hash(&[&backend, &settings]);
@@ -935,8 +936,8 @@ pub fn evaluate_images(opts: &ImagesEvalOptions, store: &ModelStore) -> Result<I
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let share = opts.max_failed_share;
-    let mut render_tally = FailureTally::new("render", share, 64);
-    let mut score_tally = FailureTally::new("score", share, 64);
+    let mut render_tally = FailureTally::new("render", share, 16);
+    let mut score_tally = FailureTally::new("score", share, 16);
     let tables: Vec<String> = if labels.len() > 1 {
         labels
             .iter()

@@ -40,12 +40,12 @@ pub enum PreferenceError {
     #[error("{0}")]
     Config(String),
     /// A scorer could not be loaded or reached at start.
-    #[error("scorer {scorer}: {source}")]
+    #[error("scorer {scorer}: {error}")]
     Scorer {
         /// The scorer's entry (`http http://host:port`, `clip /path`, ...).
         scorer: String,
-        /// Why.
-        source: ScoreError,
+        /// Why (in the message, not a `source`: the CLI prints error chains).
+        error: ScoreError,
     },
     /// A server rendered no probe image at start.
     #[error("preflight: {server} rendered no probe image: {reason}")]
@@ -219,7 +219,9 @@ impl ImagesConfig {
     /// Reads the `[images]` table of a TOML file (other tables are left to their
     /// readers); relative paths become relative to the file's directory.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+        // The message carries the cause: the CLI prints error chains, so no `source`.
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| PreferenceError::Config(format!("{}: {e}", path.display())))?;
         let mut cfg = Self::from_toml(&text, &path.display().to_string())?;
         cfg.rebase(path.parent().unwrap_or(Path::new(".")));
         Ok(cfg)
@@ -429,9 +431,9 @@ impl ScorerConfig {
     }
 
     fn open(&self, timeout: Duration, device: &Device) -> Result<Box<dyn Scorer>> {
-        let fail = |source| PreferenceError::Scorer {
+        let fail = |error| PreferenceError::Scorer {
             scorer: self.describe(),
-            source,
+            error,
         };
         let missing = |field: &str| {
             PreferenceError::Config(format!("scorer {}: no `{field}`", self.describe()))

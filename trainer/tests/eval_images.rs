@@ -78,7 +78,7 @@ impl Setup {
     fn options(&self, systems: Vec<System>) -> ImagesEvalOptions {
         let images = ImagesConfig::from_toml(
             &format!(
-                "[images]\nbackend = \"a1111\"\nservers = [{:?}]\nimages_per_prompt = 2\nseed = 7\ntimeout_s = 10\nbackoff_s = 0.01\n[images.a1111]\nwidth = 32\nheight = 32\n[[images.scorers]]\nkind = \"http\"\nurl = {:?}\n",
+                "[images]\nbackend = \"a1111\"\nservers = [{:?}]\nimages_per_prompt = 2\nseed = 7\ntimeout_s = 10\nbackoff_s = 0.01\ncooldown_s = 0.05\n[images.a1111]\nwidth = 32\nheight = 32\n[[images.scorers]]\nkind = \"http\"\nurl = {:?}\n",
                 self.server.url, self.scoring.url
             ),
             "test",
@@ -373,4 +373,47 @@ fn prip_refines_each_prompt_under_its_own_seed() {
     }
     assert_ne!(prompt_seed(3, "a cat"), prompt_seed(3, "a dog"));
     assert_eq!(prompt_seed(3, "a cat"), prompt_seed(3, "a cat"));
+}
+
+#[test]
+fn a_failing_server_loses_only_its_samples_and_a_rerun_fills_them_in() {
+    let mut s = Setup::new();
+    // The first 6 render requests succeed, then every answer is a 500.
+    s.server = common::a1111(Faults {
+        fail_after: Some(6),
+        ..Faults::default()
+    });
+    let mut opts = s.options(vec![]);
+    opts.images.attempts = 1;
+    opts.max_failed_share = 0.9;
+    let first = evaluate_images(&opts, &s.store).unwrap();
+    let none = &first.systems[0];
+    assert_eq!(
+        none.images_kept, 12,
+        "6 requests of 2 images each were kept"
+    );
+    assert_eq!(none.dropped, 12);
+    assert_eq!(none.causes.get("render:server_error"), Some(&12));
+    let md = std::fs::read_to_string(s.path("out/report.md")).unwrap();
+    assert!(
+        md.contains("| none | 12 | 12 | render:server_error=12 |"),
+        "{md}"
+    );
+
+    // Past the allowed share the run stops with one line.
+    opts.max_failed_share = 0.2;
+    let e = evaluate_images(&opts, &s.store).unwrap_err().to_string();
+    assert!(e.starts_with("render: "), "{e}");
+    assert!(e.contains("causes: server_error="), "{e}");
+    assert!(!e.contains('\n'));
+
+    // Against a healthy server the rerun renders only what was lost.
+    s.server = common::a1111(Faults::default());
+    let opts = s.options(vec![]);
+    let second = evaluate_images(&opts, &s.store).unwrap();
+    assert_eq!(s.server.count(), 6, "only the 6 lost prompts are rendered");
+    assert_eq!(
+        (second.systems[0].images_kept, second.systems[0].dropped),
+        (24, 0)
+    );
 }
