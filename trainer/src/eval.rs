@@ -106,6 +106,41 @@ impl Interval {
     }
 }
 
+/// `resamples` draws of `n` prompt indices with replacement, from `seed` (so a rerun
+/// gives the same intervals): the resamples of a paired bootstrap, shared by every
+/// system and metric compared on the same prompts.
+pub fn bootstrap_draws(n: usize, resamples: usize, seed: u64) -> Vec<Vec<usize>> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..resamples)
+        .map(|_| (0..n).map(|_| rng.random_range(0..n)).collect())
+        .collect()
+}
+
+/// The paired bootstrap interval of a difference: `diff(indices)` computes it on a set
+/// of prompt indices (both systems on the same prompts); the estimate is on all `n`
+/// prompts, the bounds are the 2.5th and 97.5th percentiles over `draws`
+/// ([`bootstrap_draws`]). With no draws the bounds are the estimate.
+pub fn paired_interval(n: usize, draws: &[Vec<usize>], diff: impl Fn(&[usize]) -> f64) -> Interval {
+    let all: Vec<usize> = (0..n).collect();
+    let estimate = diff(&all);
+    let mut samples: Vec<f64> = draws.iter().map(|d| diff(d)).collect();
+    if samples.is_empty() {
+        return Interval {
+            estimate,
+            low: estimate,
+            high: estimate,
+        };
+    }
+    samples.sort_by(f64::total_cmp);
+    let last = samples.len() - 1;
+    let at = |q: f64| samples[((q * last as f64).round() as usize).min(last)];
+    Interval {
+        estimate,
+        low: at(0.025),
+        high: at(0.975),
+    }
+}
+
 /// One system minus the reference, over the same prompts and seeds.
 ///
 /// The systems are paired (same prompt, same seed), so the bootstrap resamples prompts
@@ -150,11 +185,7 @@ impl Report {
                 "a bootstrap needs at least one prompt and one resample".into(),
             ));
         }
-        let mut rng = StdRng::seed_from_u64(seed);
-        let draws: Vec<Vec<usize>> = (0..resamples)
-            .map(|_| (0..n).map(|_| rng.random_range(0..n)).collect())
-            .collect();
-        let all: Vec<usize> = (0..n).collect();
+        let draws = bootstrap_draws(n, resamples, seed);
         let mut differences = Vec::new();
         for other in scores.iter().filter(|s| s.name != reference) {
             if other.per_prompt.len() != n {
@@ -165,18 +196,9 @@ impl Report {
                 )));
             }
             let interval = |metric: fn(&[PromptScore], &[usize]) -> f64| {
-                let diff =
-                    |idx: &[usize]| metric(&other.per_prompt, idx) - metric(&base.per_prompt, idx);
-                let mut samples: Vec<f64> = draws.iter().map(|d| diff(d)).collect();
-                samples.sort_by(f64::total_cmp);
-                let at = |q: f64| {
-                    samples[((q * (resamples - 1) as f64).round() as usize).min(resamples - 1)]
-                };
-                Interval {
-                    estimate: diff(&all),
-                    low: at(0.025),
-                    high: at(0.975),
-                }
+                paired_interval(n, &draws, |idx: &[usize]| {
+                    metric(&other.per_prompt, idx) - metric(&base.per_prompt, idx)
+                })
             };
             differences.push(Difference {
                 name: other.name.clone(),
