@@ -7,11 +7,12 @@ use serde::{Deserialize, Serialize};
 use crate::objective::{DecoderSettings, TargetChoice};
 use crate::optim::OptimConfig;
 use crate::ppo::PpoSettings;
+use crate::preference::ImagesConfig;
 use crate::reward::RewardConfig;
 use crate::{Result, TrainError};
 
 /// One training run.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainConfig {
     /// The checkpoint to start from (a name like "default" or a directory); its
@@ -46,6 +47,10 @@ pub struct TrainConfig {
     /// The reward PPO maximises.
     #[serde(default)]
     pub reward: RewardConfig,
+    /// Image servers and scorers of the image-preference reward (`[reward] kind =
+    /// "images"`).
+    #[serde(default)]
+    pub images: Option<ImagesConfig>,
 }
 
 fn default_device() -> String {
@@ -163,6 +168,9 @@ impl TrainConfig {
             *f = tidy(&dir.join(&*f));
         }
         self.reward.rebase(dir);
+        if let Some(images) = &mut self.images {
+            images.rebase(dir);
+        }
         let base = tidy(&dir.join(&self.base));
         if base.join(prip_core::checkpoint::MANIFEST).is_file() {
             self.base = base.display().to_string();
@@ -188,6 +196,15 @@ impl TrainConfig {
             return Err("decoder.noise_std must be >= 0".into());
         }
         self.ppo.validate()?;
+        match (&self.reward, &self.images) {
+            (RewardConfig::Images, None) => {
+                return Err(
+                    "reward kind \"images\" needs an [images] table (servers and scorers)".into(),
+                )
+            }
+            (_, Some(images)) => images.validate().map_err(|e| format!("[images] {e}"))?,
+            _ => {}
+        }
         if self.train.is_empty() {
             return Err("train lists no corpus files".into());
         }

@@ -2,7 +2,12 @@
 //! optimum is known rises while the KL stays bounded, every trainable parameter gets a
 //! gradient, the text-side reward runs end to end into a checkpoint the refiner loads,
 //! a resumed run ends where an uninterrupted one does, and non-finite steps are skipped,
-//! counted and, past the limit, stop the run with its last good checkpoint.
+//! counted and, past the limit, stop the run with its last good checkpoint; the paper's
+//! image reward trains against fake image servers and a fake scoring service, through a
+//! server failing mid-rollout, and a batch the servers cannot render in time is refused
+//! at start.
+
+mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -144,6 +149,7 @@ fn ppo_generation(cfg: &TrainConfig) -> prip_core::sampling::GenerationConfig {
 }
 
 /// The toy reward: 1 when the added details contain `piece`, else 0 (optimum: always).
+#[derive(Debug)]
 struct Contains {
     piece: String,
 }
@@ -313,6 +319,7 @@ fn the_text_reward_trains_end_to_end_and_resumes_where_it_stopped() {
 }
 
 /// NaN on chosen calls, 1 otherwise.
+#[derive(Debug)]
 struct Poisoned {
     calls: usize,
     nan_on: Vec<usize>,
@@ -399,4 +406,80 @@ fn configs_that_cannot_train_are_refused_with_one_line() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("no prompts"), "{e}");
+}
+
+fn images_table(servers: &[&common::Fake], scoring: &common::Fake, extra: &str) -> String {
+    let servers: Vec<String> = servers.iter().map(|s| format!("{:?}", s.url)).collect();
+    format!(
+        "[reward]\nkind = \"images\"\n[images]\nbackend = \"a1111\"\nservers = [{}]\nimages_per_prompt = 2\nseed = 7\ntimeout_s = 10\nbackoff_s = 0.01\ncooldown_s = 0.2\n{extra}\n[images.a1111]\nsteps = 2\nwidth = 32\nheight = 32\n[[images.scorers]]\nkind = \"http\"\nurl = {:?}\nname = \"fake\"\n",
+        servers.join(", "),
+        scoring.url
+    )
+}
+
+#[test]
+fn the_image_reward_trains_through_a_server_failing_mid_rollout() {
+    let f = Fixture::new();
+    let healthy = common::a1111(common::Faults::default());
+    let failing = common::a1111(common::Faults {
+        fail_after: Some(4),
+        ..Default::default()
+    });
+    let scoring = common::scoring(common::Faults::default());
+    let run =
+        "[run]\nsteps = 3\nbatch_size = 3\nsave_every = 3\n[ppo]\nepochs = 1\nmax_new_tokens = 4\n";
+    let cfg = f.config(
+        "out",
+        &format!("{run}{}", images_table(&[&healthy, &failing], &scoring, "")),
+    );
+    let mut reward = ppo::open_reward(&cfg, &f.store).unwrap();
+    assert_eq!(reward.name(), "images");
+    let s = ppo::train(&cfg, &f.store, reward.as_mut(), Start::Fresh, false).unwrap();
+    let m = metrics(&s.metrics);
+    assert_eq!(m.len(), 3);
+    for x in &m {
+        // Every sample judged: what the failing server did not render, the healthy one did.
+        assert_eq!(x["samples"], 3, "{x}");
+        assert_eq!(x["dropped"], 0, "{x}");
+        assert!(x["images_per_s"].as_f64().unwrap() > 0.0);
+        assert!(x["reward"].as_f64().unwrap().is_finite());
+    }
+    assert!(
+        failing.count() > 4,
+        "the failing server was asked past its failure"
+    );
+    // Refined and original prompts were rendered under the same seeds.
+    let seeds: Vec<u64> = healthy
+        .bodies("/sdapi/v1/txt2img")
+        .iter()
+        .chain(&failing.bodies("/sdapi/v1/txt2img"))
+        .filter_map(|b| b["seed"].as_u64())
+        .collect();
+    assert!(
+        !seeds.is_empty() && seeds.iter().all(|s| [7, 8].contains(s)),
+        "{seeds:?}"
+    );
+}
+
+#[test]
+fn a_batch_the_servers_cannot_render_in_time_is_refused_at_start() {
+    let f = Fixture::new();
+    let server = common::a1111(common::Faults::default());
+    let scoring = common::scoring(common::Faults::default());
+    let run = "[run]\nsteps = 3\nbatch_size = 512\n[ppo]\nstep_timeout_s = 0.001\n";
+    let cfg = f.config(
+        "out",
+        &format!("{run}{}", images_table(&[&server], &scoring, "")),
+    );
+    let e = ppo::open_reward(&cfg, &f.store).unwrap_err().to_string();
+    assert!(e.contains("step timeout") && !e.contains('\n'), "{e}");
+    // Without an [images] table, the image reward is a config error, in one line.
+    let p = f.path("no-images.toml");
+    std::fs::write(
+        &p,
+        "base = \"base\"\nout = \"o\"\ntrain = [\"prompts.txt\"]\n[reward]\nkind = \"images\"\n",
+    )
+    .unwrap();
+    let e = TrainConfig::load(&p).unwrap_err().to_string();
+    assert!(e.contains("[images]"), "{e}");
 }

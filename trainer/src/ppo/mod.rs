@@ -38,7 +38,9 @@ use crate::config::TrainConfig;
 use crate::distributed::World;
 use crate::objective::Parts;
 use crate::optim::AdamW;
-use crate::reward::{KeywordReward, Reward, RewardConfig, Sample, TextReward};
+use crate::reward::{
+    ImagePreferenceReward, KeywordReward, Reward, RewardConfig, Sample, TextReward,
+};
 use crate::run::{
     export_head, latest_snapshot, load, non_finite, prepare_out, prepare_run_dir, read_json,
     snapshot, truncate_metrics, write_atomic, Start,
@@ -88,6 +90,11 @@ pub struct PpoSettings {
     pub max_bad_steps: usize,
     /// The system whose decoder LoRA the policy uses (default: the checkpoint's default).
     pub system: Option<String>,
+    /// Longest a step's images may take to render, seconds: an image reward checks at
+    /// start that the servers can render a batch (refined and original) in time.
+    pub step_timeout_s: f64,
+    /// Share of rendered samples or scores that may fail before the run stops.
+    pub max_failed_share: f64,
 }
 
 impl Default for PpoSettings {
@@ -108,6 +115,8 @@ impl Default for PpoSettings {
             temperature: 1.0,
             max_bad_steps: 5,
             system: None,
+            step_timeout_s: 3600.0,
+            max_failed_share: 0.2,
         }
     }
 }
@@ -131,6 +140,11 @@ impl PpoSettings {
         if self.epochs == 0 || self.minibatch_size == Some(0) || self.max_new_tokens == 0 {
             return Err(
                 "ppo.epochs, ppo.minibatch_size and ppo.max_new_tokens must be >= 1".into(),
+            );
+        }
+        if !positive(self.step_timeout_s) || !(0.0..=1.0).contains(&self.max_failed_share) {
+            return Err(
+                "ppo.step_timeout_s must be > 0 and ppo.max_failed_share within 0..1".into(),
             );
         }
         if !positive(self.temperature) {
@@ -214,9 +228,17 @@ pub fn open_reward(cfg: &TrainConfig, store: &ModelStore) -> Result<Box<dyn Rewa
         RewardConfig::Text(t) => Box::new(TextReward::open(t, store)?),
         RewardConfig::Keyword { word } => Box::new(KeywordReward::new(word)),
         RewardConfig::Images => {
-            return Err(TrainError::Config(
-                "reward kind \"images\" needs an [images] section".into(),
-            ))
+            let images = cfg.images.as_ref().ok_or_else(|| {
+                TrainError::Config("reward kind \"images\" needs an [images] table".into())
+            })?;
+            let device = cfg.device.parse::<DeviceSpec>()?.open()?;
+            Box::new(ImagePreferenceReward::open(
+                images,
+                &device,
+                cfg.run.batch_size,
+                std::time::Duration::from_secs_f64(cfg.ppo.step_timeout_s),
+                cfg.ppo.max_failed_share,
+            )?)
         }
     })
 }

@@ -6,13 +6,15 @@
 //! server: [`TextReward`], a documented text-side stand-in, and [`KeywordReward`], a toy
 //! reward whose optimum is known (used to test the PPO loop).
 
+mod images;
 mod text;
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use text::{TextReward, TextRewardConfig};
+pub use images::ImagePreferenceReward;
+pub use text::{TextReward, TextRewardConfig, TextTerms};
 
 use crate::Result;
 
@@ -38,7 +40,7 @@ pub struct Judged {
 }
 
 /// A reward over refinements.
-pub trait Reward {
+pub trait Reward: std::fmt::Debug {
     /// Short name for logs and metrics.
     fn name(&self) -> &str;
     /// Judges a batch of samples; higher is better.
