@@ -83,6 +83,10 @@ pub struct TextArgs {
     /// A model whose encoder was trained on random instead of best-scored targets.
     #[arg(long)]
     pub random_target_model: Option<String>,
+    /// Another PRIP checkpoint as a row compared with --model, `LABEL=MODEL` (e.g.
+    /// `"without RL=default"` beside a PPO-trained --model); repeatable.
+    #[arg(long, value_name = "LABEL=MODEL", value_parser = parse_labelled)]
+    pub compare: Vec<(String, String)>,
     /// Only the first N prompts.
     #[arg(long)]
     pub limit: Option<usize>,
@@ -101,6 +105,16 @@ pub struct TextArgs {
     pub json: Option<PathBuf>,
 }
 
+/// `LABEL=MODEL`, both non-empty.
+fn parse_labelled(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((l, m)) if !l.trim().is_empty() && !m.trim().is_empty() => {
+            Ok((l.trim().to_string(), m.trim().to_string()))
+        }
+        _ => Err(format!("{s:?}: expected LABEL=MODEL")),
+    }
+}
+
 /// Runs `prip eval ...`.
 pub fn run(cmd: EvalCommand) -> anyhow::Result<ExitCode> {
     let a = match cmd {
@@ -112,6 +126,7 @@ pub fn run(cmd: EvalCommand) -> anyhow::Result<ExitCode> {
         model: a.model,
         no_pivot_model: a.no_pivot_model,
         random_target_model: a.random_target_model,
+        compare: a.compare,
         limit: a.limit,
         seed: a.seed,
         batch: a.batch,

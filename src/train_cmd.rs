@@ -86,6 +86,12 @@ pub struct PpoArgs {
     pub restart: bool,
 }
 
+/// " (resumed at step N)" for a resumed run.
+fn resumed_note(from: Option<usize>) -> String {
+    from.map(|r| format!(" (resumed at step {r})"))
+        .unwrap_or_default()
+}
+
 fn start_of(resume: bool, restart: bool) -> Start {
     match (resume, restart) {
         (true, _) => Start::Resume,
@@ -106,10 +112,7 @@ fn run_ppo(args: PpoArgs) -> anyhow::Result<ExitCode> {
         start_of(args.resume, args.restart),
         progress,
     )?;
-    let resumed = s
-        .resumed_from
-        .map(|r| format!(" (resumed at step {r})"))
-        .unwrap_or_default();
+    let resumed = resumed_note(s.resumed_from);
     println!(
         "ppo: {} steps{resumed}, {} reward {:.4} -> {:.4}, KL {:.3}, {} steps skipped, {:.0} s",
         s.steps,
@@ -177,10 +180,7 @@ pub fn run(cmd: TrainCommand) -> anyhow::Result<ExitCode> {
     if World::from_env()?.rank != 0 {
         return Ok(ExitCode::SUCCESS);
     }
-    let resumed = s
-        .resumed_from
-        .map(|r| format!(" (resumed at step {r})"))
-        .unwrap_or_default();
+    let resumed = resumed_note(s.resumed_from);
     println!(
         "{}: {} steps{resumed}, loss {:.4} -> {:.4}, {:.0} tokens/s, {} of {} corpus lines skipped, {:.0} s",
         stage.run_name(),

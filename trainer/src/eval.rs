@@ -41,6 +41,9 @@ pub struct EvalOptions {
     pub no_pivot_model: Option<String>,
     /// A model whose encoder regressed random candidates.
     pub random_target_model: Option<String>,
+    /// More PRIP checkpoints as (row label, model), each compared with PRIP (e.g. the
+    /// warm-up checkpoint beside its PPO-trained one: Table 4's "without RL").
+    pub compare: Vec<(String, String)>,
     /// Evaluate only the first N prompts.
     pub limit: Option<usize>,
     /// Base sampling seed (prompt i uses seed + i).
@@ -323,6 +326,9 @@ pub fn evaluate(opts: &EvalOptions, store: &ModelStore) -> Result<Vec<Scores>> {
             m,
             Conditioning::Pivot,
         ));
+    }
+    for (label, model) in &opts.compare {
+        variants.push((label, model, Conditioning::Pivot));
     }
     for (name, model, conditioning) in variants {
         tracing::info!("evaluating {name}");

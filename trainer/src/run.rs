@@ -193,19 +193,7 @@ pub fn train_with<O: Objective>(
     let trainable = objective.trainable();
     broadcast_params(sync, &trainable)?;
 
-    let bar = if progress && writer {
-        let b = ProgressBar::new(total as u64);
-        b.set_style(
-            ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ({eta} left)")
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
-        );
-        b.set_prefix(stage.to_string());
-        b.set_position(step as u64);
-        b
-    } else {
-        ProgressBar::hidden()
-    };
+    let bar = progress_bar(progress && writer, stage, total, step);
     let mut metrics = if writer {
         Some(
             fs::OpenOptions::new()
@@ -354,6 +342,22 @@ pub(crate) fn prepare_run_dir(
         _ => {}
     }
     fs::create_dir_all(snaps).map_err(|e| TrainError::io(snaps, e))
+}
+
+/// The progress bar of a training run at `pos` of `total` steps (hidden unless `show`).
+pub(crate) fn progress_bar(show: bool, stage: &str, total: usize, pos: usize) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let b = ProgressBar::new(total as u64);
+    b.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ({eta} left)")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    b.set_prefix(stage.to_string());
+    b.set_position(pos as u64);
+    b
 }
 
 /// A step's failure, with what to lower when the device ran out of memory.

@@ -110,7 +110,7 @@ fn sometimes_written(f: &Fixture, cfg: &TrainConfig) -> String {
         .encoder(prip_core::nn::OpsMode::Differentiable)
         .unwrap();
     let reference = parts.params.snapshot("pivot_former.").unwrap();
-    let policy = Policy::new(&parts, &reference, ppo_generation(cfg), 75).unwrap();
+    let policy = Policy::new(&parts, &reference, cfg.ppo.generation(), 75).unwrap();
     let prompts: Vec<String> = (0..64).map(|i| SUBJECTS[i % 8].to_string()).collect();
     let seeds: Vec<u64> = (0..64).collect();
     let roll = policy.rollout(&prompts, &seeds).unwrap();
@@ -133,19 +133,6 @@ fn sometimes_written(f: &Fixture, cfg: &TrainConfig) -> String {
         .min_by_key(|(_, n)| n.abs_diff(13))
         .map(|(p, _)| p)
         .expect("the tiny model writes letters")
-}
-
-fn ppo_generation(cfg: &TrainConfig) -> prip_core::sampling::GenerationConfig {
-    prip_core::sampling::GenerationConfig {
-        max_new_tokens: cfg.ppo.max_new_tokens,
-        temperature: 1.0,
-        top_k: 0,
-        top_p: 1.0,
-        repetition_penalty: 1.0,
-        no_repeat_ngram: 0,
-        stop_at_newline: true,
-        banned_words: Vec::new(),
-    }
 }
 
 /// The toy reward: 1 when the added details contain `piece`, else 0 (optimum: always).
@@ -275,7 +262,7 @@ fn the_text_reward_trains_end_to_end_and_resumes_where_it_stopped() {
     let reward = "[reward]\nkind = \"text\"\nsentence_encoder = \"minilm\"\nphrases = \"vocab\"\n";
     let run = |steps: usize| {
         format!(
-            "[run]\nsteps = {steps}\nbatch_size = 4\nsave_every = 2\n[optim]\nlr = 3e-3\nwarmup_steps = 0\nschedule = \"constant\"\n[ppo]\nepochs = 1\nmax_new_tokens = 5\n{reward}"
+            "[run]\nsteps = {steps}\nbatch_size = 4\nsave_every = 2\n[optim]\nlr = 3e-3\nwarmup_steps = 0\nschedule = \"constant\"\n[ppo]\nepochs = 2\nmax_new_tokens = 5\n{reward}"
         )
     };
     // Whole: 4 steps at once.
@@ -382,17 +369,6 @@ fn configs_that_cannot_train_are_refused_with_one_line() {
     .unwrap();
     let e = TrainConfig::load(&p).unwrap_err().to_string();
     assert!(e.contains("clip_range") && !e.contains('\n'), "{e}");
-    let no_pivot = f.config("np", "[decoder]\nuse_pivot = false\n");
-    let e = ppo::train(
-        &no_pivot,
-        &f.store,
-        &mut KeywordReward::new("x"),
-        Start::Fresh,
-        false,
-    )
-    .unwrap_err()
-    .to_string();
-    assert!(e.contains("use_pivot"), "{e}");
     std::fs::write(f.path("empty.txt"), "\n\n").unwrap();
     let mut empty = f.config("e", "");
     empty.train = vec![f.path("empty.txt")];
@@ -482,4 +458,20 @@ fn a_batch_the_servers_cannot_render_in_time_is_refused_at_start() {
     .unwrap();
     let e = TrainConfig::load(&p).unwrap_err().to_string();
     assert!(e.contains("[images]"), "{e}");
+}
+
+#[test]
+fn every_example_training_config_parses() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/train");
+    let mut seen = 0;
+    for dir in ["default", "paper"] {
+        for e in std::fs::read_dir(root.join(dir)).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "toml") {
+                TrainConfig::load(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+                seen += 1;
+            }
+        }
+    }
+    assert!(seen >= 8, "{seen} configs");
 }

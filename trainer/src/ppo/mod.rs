@@ -24,7 +24,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::Tensor;
-use indicatif::{ProgressBar, ProgressStyle};
 use prip_core::checkpoint::{Checkpoint, FORMER_PREFIX};
 use prip_core::device::DeviceSpec;
 use prip_core::sampling::GenerationConfig;
@@ -42,8 +41,8 @@ use crate::reward::{
     ImagePreferenceReward, KeywordReward, Reward, RewardConfig, Sample, TextReward,
 };
 use crate::run::{
-    export_head, latest_snapshot, load, non_finite, prepare_out, prepare_run_dir, read_json,
-    snapshot, truncate_metrics, write_atomic, Start,
+    export_head, latest_snapshot, load, non_finite, prepare_out, prepare_run_dir, progress_bar,
+    read_json, snapshot, truncate_metrics, write_atomic, Start,
 };
 use crate::{Result, TrainError};
 
@@ -122,6 +121,21 @@ impl Default for PpoSettings {
 }
 
 impl PpoSettings {
+    /// How rollouts are sampled: the policy itself (no top-k/top-p truncation, no
+    /// repetition penalty), so the PPO ratio compares the distribution that drew them.
+    pub fn generation(&self) -> GenerationConfig {
+        GenerationConfig {
+            max_new_tokens: self.max_new_tokens,
+            temperature: self.temperature,
+            top_k: 0,
+            top_p: 1.0,
+            repetition_penalty: 1.0,
+            no_repeat_ngram: 0,
+            stop_at_newline: true,
+            banned_words: Vec::new(),
+        }
+    }
+
     /// Refuses settings that cannot train.
     pub fn validate(&self) -> std::result::Result<(), String> {
         let positive = |x: f64| x.is_finite() && x > 0.0;
@@ -194,6 +208,8 @@ pub struct PpoMetrics {
 struct PpoState {
     step: usize,
     total: usize,
+    /// AdamW updates so far (epochs x minibatches per step), for its bias correction.
+    optimizer_steps: usize,
     kl: KlController,
     skipped: usize,
     seed: u64,
@@ -260,11 +276,6 @@ pub fn train(
             "PPO runs as one process (rollouts are batched on one device); unset WORLD_SIZE or drop --gpus".into(),
         ));
     }
-    if !cfg.decoder.use_pivot {
-        return Err(TrainError::Config(
-            "PPO trains the encoder through the pivot; a decoder without pivot (decoder.use_pivot = false) leaves it nothing to train".into(),
-        ));
-    }
     let device = cfg.device.parse::<DeviceSpec>()?.open()?;
     let prompts = read_prompts(&cfg.train)?;
     let base = Checkpoint::find(&cfg.base, store)?;
@@ -297,21 +308,12 @@ pub fn train(
             .map_err(|e| TrainError::Config(format!("{}: {e}", reference_path.display())))?;
         r
     };
-    let generation = GenerationConfig {
-        max_new_tokens: s.max_new_tokens,
-        temperature: s.temperature,
-        top_k: 0,
-        top_p: 1.0,
-        repetition_penalty: 1.0,
-        no_repeat_ngram: 0,
-        stop_at_newline: true,
-        banned_words: Vec::new(),
-    };
-    let policy = Policy::new(&parts, &reference, generation, budget)?;
+    let policy = Policy::new(&parts, &reference, s.generation(), budget)?;
     let mut opt = AdamW::new(cfg.optim.clone(), policy.trainable())?;
     let mut state = PpoState {
         step: 0,
         total,
+        optimizer_steps: 0,
         kl: KlController {
             coef: s.kl_coef,
             target: s.kl_target,
@@ -327,7 +329,10 @@ pub fn train(
             policy
                 .params()
                 .restore(&load(&dir.join("params.safetensors"))?, &dir)?;
-            opt.restore(&load(&dir.join("optim.safetensors"))?, saved.step)?;
+            opt.restore(
+                &load(&dir.join("optim.safetensors"))?,
+                saved.optimizer_steps,
+            )?;
             state = PpoState { total, ..saved };
             resumed_from = Some(step);
             truncate_metrics(&metrics_path, step)?;
@@ -335,19 +340,7 @@ pub fn train(
         }
     }
 
-    let bar = if progress {
-        let b = ProgressBar::new(total as u64);
-        b.set_style(
-            ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ({eta} left)")
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
-        );
-        b.set_prefix(RUN_NAME);
-        b.set_position(state.step as u64);
-        b
-    } else {
-        ProgressBar::hidden()
-    };
+    let bar = progress_bar(progress, RUN_NAME, total, state.step);
     let mut metrics = fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -373,23 +366,22 @@ pub fn train(
         let lr = cfg.optim.lr_at(state.step, total);
         let outcome = ppo_step(&policy, reward, &mut opt, s, &state.kl, &batch, &seeds, lr);
         let stats = match outcome {
-            Ok(stats) => stats,
+            Ok(stats) => Some(stats),
             Err(TrainError::NonFinite(what)) => {
                 for (n, v) in &trainable {
                     v.set(&saved_params[n])?;
                 }
                 opt.restore(&saved_opt, saved_opt_steps)?;
                 state.skipped += 1;
-                state.step += 1;
                 tracing::warn!(
                     "ppo step {}: {what}; step skipped ({} so far)",
-                    state.step,
+                    state.step + 1,
                     state.skipped
                 );
                 if state.skipped > s.max_bad_steps {
                     bar.finish_and_clear();
                     return Err(non_finite(
-                        state.step,
+                        state.step + 1,
                         &format!(
                             "{what} ({} steps skipped, more than ppo.max_bad_steps = {})",
                             state.skipped, s.max_bad_steps
@@ -398,70 +390,57 @@ pub fn train(
                         &out.dir,
                     ));
                 }
-                bar.inc(1);
-                if state.step % cfg.run.save_every == 0 || state.step == total {
-                    save(
-                        &snaps,
-                        &policy,
-                        &opt,
-                        &state,
-                        cfg,
-                        &out,
-                        &run_dir,
-                        &metrics_path,
-                    )?;
-                    last_good = Some(state.step);
-                }
-                continue;
+                None
             }
             Err(e) => return Err(e),
         };
         state.step += 1;
-        let secs = t0.elapsed().as_secs_f64().max(1e-9);
-        let m = PpoMetrics {
-            step: state.step,
-            reward: stats.reward,
-            kl: stats.kl,
-            kl_coef: state.kl.coef,
-            policy_loss: stats.policy_loss,
-            value_loss: stats.value_loss,
-            entropy: stats.entropy,
-            clip_fraction: stats.clip_fraction,
-            response_tokens: stats.tokens as f64 / stats.samples.max(1) as f64,
-            samples: stats.samples,
-            dropped: stats.dropped,
-            tokens_per_s: stats.generated as f64 / secs,
-            images_per_s: stats.images as f64 / secs,
-            lr,
-            skipped_steps: state.skipped,
-        };
-        state.kl.update(stats.kl, stats.samples);
-        let line = serde_json::to_string(&m).map_err(|e| TrainError::Config(e.to_string()))?;
-        writeln!(metrics, "{line}").map_err(|e| TrainError::io(&metrics_path, e))?;
-        bar.set_message(format!(
-            "reward {:.3} · KL {:.2} · {:.0} tok/s{}",
-            m.reward,
-            m.kl,
-            m.tokens_per_s,
-            if m.images_per_s > 0.0 {
+        state.optimizer_steps = opt.steps();
+        if let Some(stats) = stats {
+            let secs = t0.elapsed().as_secs_f64().max(1e-9);
+            let m = PpoMetrics {
+                step: state.step,
+                reward: stats.reward,
+                kl: stats.kl,
+                kl_coef: state.kl.coef,
+                policy_loss: stats.policy_loss,
+                value_loss: stats.value_loss,
+                entropy: stats.entropy,
+                clip_fraction: stats.clip_fraction,
+                response_tokens: stats.tokens as f64 / stats.samples.max(1) as f64,
+                samples: stats.samples,
+                dropped: stats.dropped,
+                tokens_per_s: stats.generated as f64 / secs,
+                images_per_s: stats.images as f64 / secs,
+                lr,
+                skipped_steps: state.skipped,
+            };
+            state.kl.update(stats.kl, stats.samples);
+            let line = serde_json::to_string(&m).map_err(|e| TrainError::Config(e.to_string()))?;
+            writeln!(metrics, "{line}").map_err(|e| TrainError::io(&metrics_path, e))?;
+            let images = if m.images_per_s > 0.0 {
                 format!(" · {:.1} img/s", m.images_per_s)
             } else {
                 String::new()
-            }
-        ));
+            };
+            bar.set_message(format!(
+                "reward {:.3} · KL {:.2} · {:.0} tok/s{images}",
+                m.reward, m.kl, m.tokens_per_s
+            ));
+            history.push(m);
+        }
         bar.inc(1);
-        history.push(m);
         if state.step % cfg.run.save_every == 0 || state.step == total {
-            save(
+            snapshot(
                 &snaps,
-                &policy,
+                policy.params(),
                 &opt,
+                state.step,
                 &state,
-                cfg,
-                &out,
-                &run_dir,
-                &metrics_path,
+                cfg.run.keep_snapshots,
             )?;
+            export_head(policy.params(), &out, cfg.run.export_dtype.dtype())?;
+            write_plots(&run_dir, &metrics_path)?;
             last_good = Some(state.step);
         }
     }
@@ -483,30 +462,6 @@ pub fn train(
         metrics: metrics_path,
         run_dir,
     })
-}
-
-/// A snapshot to resume from, the exported head and the plots.
-#[allow(clippy::too_many_arguments)]
-fn save(
-    snaps: &Path,
-    policy: &Policy,
-    opt: &AdamW,
-    state: &PpoState,
-    cfg: &TrainConfig,
-    out: &Checkpoint,
-    run_dir: &Path,
-    metrics: &Path,
-) -> Result<()> {
-    snapshot(
-        snaps,
-        policy.params(),
-        opt,
-        state.step,
-        state,
-        cfg.run.keep_snapshots,
-    )?;
-    export_head(policy.params(), out, cfg.run.export_dtype.dtype())?;
-    write_plots(run_dir, metrics)
 }
 
 /// What one step measured.
@@ -615,24 +570,11 @@ fn ppo_step(
             let pivots = policy.pivots(&chosen)?;
             let fwd = policy.forward(&rows, &ids, &pivots, s.entropy_coef > 0.0)?;
             let dev = fwd.logp.device().clone();
-            let gather = |src: &[Vec<f64>]| -> Result<Tensor> {
-                let v: Vec<f32> = chunk
-                    .iter()
-                    .flat_map(|&k| src[k].iter().map(|&x| x as f32))
-                    .collect();
-                let n = v.len();
-                Ok(Tensor::from_vec(v, n, &dev)?)
-            };
-            let gather_roll = |src: &[Vec<f64>]| -> Result<Tensor> {
-                let v: Vec<f32> = idx
-                    .iter()
-                    .flat_map(|&i| src[i].iter().map(|&x| x as f32))
-                    .collect();
-                let n = v.len();
-                Ok(Tensor::from_vec(v, n, &dev)?)
-            };
-            let (a, g) = (gather(&adv)?, gather(&ret)?);
-            let (old_logp, old_v) = (gather_roll(&roll.logp)?, gather_roll(&roll.values)?);
+            let (a, g) = (flat(&adv, chunk, &dev)?, flat(&ret, chunk, &dev)?);
+            let (old_logp, old_v) = (
+                flat(&roll.logp, &idx, &dev)?,
+                flat(&roll.values, &idx, &dev)?,
+            );
             let loss = ppo_loss(&fwd, &old_logp, &old_v, &a, &g, s)?;
             let total = loss.total.to_scalar::<f32>()?;
             if !total.is_finite() {
@@ -668,6 +610,16 @@ fn ppo_step(
         generated,
         images: judged.images,
     })
+}
+
+/// The rows `pick` of per-token values, concatenated: [tokens].
+fn flat(rows: &[Vec<f64>], pick: &[usize], dev: &candle_core::Device) -> Result<Tensor> {
+    let v: Vec<f32> = pick
+        .iter()
+        .flat_map(|&i| rows[i].iter().map(|&x| x as f32))
+        .collect();
+    let n = v.len();
+    Ok(Tensor::from_vec(v, n, dev)?)
 }
 
 /// The clipped PPO objective of one minibatch.
