@@ -5,8 +5,10 @@
 //! One step: take a batch of user prompts, sample one refinement each in one decoder
 //! batch ([`Policy::rollout`]), judge them ([`crate::reward`]), turn the score into
 //! per-token rewards with a KL penalty to the warm-up encoder, estimate advantages with
-//! GAE, then run a few epochs of the clipped PPO objective over minibatches. Choices the
-//! paper leaves open are DESIGN.md's ("PPO").
+//! GAE, then run a few epochs of the clipped PPO objective over minibatches. The paper
+//! gives only the reward, that E alone trains, and steps/batch/lr; the rest (token-level
+//! PPO, a value head on D, GAE, an adaptive KL penalty to the warm-up encoder) follows
+//! RLHF practice (Ziegler et al. 2019; Promptist, Hao et al. 2023).
 //!
 //! Robustness: a sample whose reward could not be computed (dropped images or scores)
 //! leaves the step and nothing else is lost; a step whose loss, KL or gradient is NaN or
@@ -52,7 +54,7 @@ pub use policy::{Policy, Rollout};
 /// Name of PPO's run directory under `<out>/runs/`.
 pub const RUN_NAME: &str = "ppo";
 
-/// `[ppo]` of a training config. Defaults follow DESIGN.md and RLHF practice (Ziegler et
+/// `[ppo]` of a training config. Defaults follow RLHF practice (Ziegler et
 /// al. 2019; Promptist); the paper gives only steps, batch and learning rate, which are
 /// `[run] steps = 1000`, `batch_size = 512` and `[optim] lr = 1e-3, schedule =
 /// "constant"` in a config that reproduces it.
@@ -430,7 +432,7 @@ pub fn train(
             history.push(m);
         }
         bar.inc(1);
-        if state.step % cfg.run.save_every == 0 || state.step == total {
+        if state.step.is_multiple_of(cfg.run.save_every) || state.step == total {
             snapshot(
                 &snaps,
                 policy.params(),

@@ -1,6 +1,6 @@
 //! The PPO policy π(s | u) = D(s | E(u)): the Preference Encoder trains, the Prompt
 //! Decoder is frozen but differentiable, so the log-probability of every generated token
-//! flows back through the pivot into E (DESIGN.md, "PPO"). A value head on D's last
+//! flows back through the pivot into E. A value head on D's last
 //! hidden states estimates each token's return; a frozen copy of the warm-up encoder is
 //! the KL reference.
 
