@@ -221,3 +221,48 @@ fn eval_text_scores_every_variant_the_same_way() {
     );
     assert!(table.contains("Difference from PRIP"), "{table}");
 }
+
+#[test]
+fn ppo_with_the_text_reward_runs_end_to_end_into_a_checkpoint_refine_loads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let base = dir.join("base");
+    std::fs::create_dir_all(&base).unwrap();
+    models::write_tiny_checkpoint(&base, "").unwrap();
+    // The text reward's assets, tiny: a sentence encoder and a vocabulary directory.
+    models::write_tiny_bert(&dir.join("minilm"), 5).unwrap();
+    let vocab = dir.join("vocab");
+    std::fs::create_dir_all(&vocab).unwrap();
+    for (file, text) in [
+        ("mediums.txt", "an oil painting\n"),
+        ("movements.txt", "art nouveau\n"),
+        ("artists.txt", "claude monet\n"),
+        ("flavors.txt", "highly detailed\ngolden hour\n"),
+    ] {
+        std::fs::write(vocab.join(file), text).unwrap();
+    }
+    std::fs::write(dir.join("prompts.txt"), "a cat\na red fox\nan old castle\n").unwrap();
+    std::fs::write(
+        dir.join("ppo.toml"),
+        "base = \"base\"\nout = \"out\"\ntrain = [\"prompts.txt\"]\n\
+         [run]\nsteps = 3\nbatch_size = 3\nsave_every = 3\n\
+         [ppo]\nepochs = 1\nmax_new_tokens = 4\n\
+         [reward]\nkind = \"text\"\nsentence_encoder = \"minilm\"\nphrases = \"vocab\"\n",
+    )
+    .unwrap();
+    let out = ok(prip(dir, &["train", "ppo", "ppo.toml"]).output().unwrap());
+    assert!(out.contains("ppo: 3 steps, text reward"), "{out}");
+    let metrics = std::fs::read_to_string(dir.join("out/runs/ppo/metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 3);
+    for plot in ["reward.svg", "kl.svg", "loss.svg"] {
+        assert!(dir.join("out/runs/ppo").join(plot).is_file(), "{plot}");
+    }
+    let refined = ok(
+        prip(dir, &["refine", "--model", "out", "--seed", "1", "a cat"])
+            .output()
+            .unwrap(),
+    );
+    assert!(refined.starts_with("a cat"), "{refined}");
+    // Run again without --resume: the finished run is history, a fresh one replaces it.
+    ok(prip(dir, &["train", "ppo", "ppo.toml"]).output().unwrap());
+}
