@@ -69,8 +69,53 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             // Error chains can carry backtraces or multi-line causes; the CLI promises one line.
-            eprintln!("prip: {}", prip_core::error::one_line(&format!("{e:#}")));
+            eprintln!("prip: {}", prip_core::error::one_line(&chain_text(&e)));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The error and its causes joined by ": ", leaving out a cause whose text an outer
+/// message already carries (many errors put their source in their own message, as
+/// `path: reason`, and also return it as `source()`).
+fn chain_text(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("{path}: {source}")]
+    struct Io {
+        path: String,
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn a_cause_already_in_the_message_is_said_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file");
+        let e = anyhow::Error::new(Io {
+            path: "/x.toml".into(),
+            source: io,
+        });
+        assert_eq!(chain_text(&e), "/x.toml: No such file");
+        let wrapped = e.context("reading the config");
+        assert_eq!(
+            chain_text(&wrapped),
+            "reading the config: /x.toml: No such file"
+        );
     }
 }
