@@ -444,6 +444,7 @@ pub fn export<O: Objective>(objective: &O, out: &Checkpoint, dtype: DType) -> Re
         }
         let tmp = tmp_path(&path);
         prip_core::lora::save(&set, &tmp)?;
+        readable(&tmp)?;
         rename(&tmp, &path)?;
         m.systems
             .entry(system.to_string())
@@ -567,10 +568,25 @@ pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T
     serde_json::from_str(&text).map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))
 }
 
-fn save(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
+/// Writes `tensors` to `path` as safetensors, readable by others and synced.
+pub(crate) fn save(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
     candle_core::safetensors::save(tensors, path)
         .map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))?;
+    readable(path)?;
     fsync(path)
+}
+
+/// rw-r--r--, as any other file the run writes: the safetensors writer creates its file
+/// through a private temporary (rw-------), and a checkpoint must stay readable by the
+/// image server's user.
+fn readable(path: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o644))
+            .map_err(|e| TrainError::io(path, e))?;
+    }
+    Ok(())
 }
 
 fn save_atomic(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {

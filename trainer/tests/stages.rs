@@ -142,6 +142,16 @@ fn encoder_warmup_lowers_its_loss_and_writes_a_loadable_head() {
     assert_eq!(l.len(), 30);
     assert!(mean(&l[25..]) < 0.7 * mean(&l[..5]), "{l:?}");
     assert!(f.path("out/head.safetensors").is_file());
+    // Readable by an image server running as another user.
+    #[cfg(unix)]
+    for file in ["out/head.safetensors", "out/prip.toml"] {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(f.path(file))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o044, 0o044, "{file}: {mode:o}");
+    }
     assert!(std::fs::read_to_string(&s.plot)
         .unwrap()
         .contains("<polyline"));
@@ -172,6 +182,13 @@ fn decoder_warmup_lowers_its_loss_and_registers_the_base_lora() {
         Some("lora/base.safetensors")
     );
     assert!(f.path("out/lora/base.safetensors").is_file());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let p = f.path("out/lora/base.safetensors");
+        let mode = std::fs::metadata(p).unwrap().permissions().mode();
+        assert_eq!(mode & 0o044, 0o044, "{mode:o}");
+    }
 }
 
 #[test]

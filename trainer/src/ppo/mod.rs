@@ -44,7 +44,7 @@ use crate::reward::{
 };
 use crate::run::{
     export_head, latest_snapshot, load, non_finite, prepare_out, prepare_run_dir, progress_bar,
-    read_json, snapshot, truncate_metrics, write_atomic, Start,
+    read_json, save, snapshot, truncate_metrics, write_atomic, Start,
 };
 use crate::{Result, TrainError};
 
@@ -306,8 +306,7 @@ pub fn train(
         load(&reference_path)?
     } else {
         let r = parts.params.snapshot(&format!("{FORMER_PREFIX}."))?;
-        candle_core::safetensors::save(&r, &reference_path)
-            .map_err(|e| TrainError::Config(format!("{}: {e}", reference_path.display())))?;
+        save(&r, &reference_path)?;
         r
     };
     let policy = Policy::new(&parts, &reference, s.generation(), budget)?;
