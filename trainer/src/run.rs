@@ -175,11 +175,8 @@ pub fn train_with<O: Objective>(
     let mut resumed_from = None;
     if start == Start::Resume {
         if let Some((s, dir)) = latest_snapshot(&snaps)? {
-            let state: RunState = read_json(&dir.join("state.json"))?;
-            objective
-                .params()
-                .restore(&load(&dir.join("params.safetensors"))?, &dir)?;
-            opt.restore(&load(&dir.join("optim.safetensors"))?, state.step)?;
+            let state: RunState =
+                restore(&dir, objective.params(), &mut opt, |s: &RunState| s.step)?;
             stream.bad = state.bad.clone();
             stream.seek(state.epoch, state.taken)?;
             step = s;
@@ -526,6 +523,23 @@ fn complete_snapshots(snaps: &Path) -> Result<Vec<(usize, PathBuf)>> {
     }
     out.sort();
     Ok(out)
+}
+
+/// Restores a snapshot written by [`snapshot`]: every parameter, the optimiser's moments
+/// (at the step count `optimizer_steps` reads from the state) and the run's state.
+pub(crate) fn restore<S: serde::de::DeserializeOwned>(
+    dir: &Path,
+    params: &crate::params::ParamStore,
+    opt: &mut AdamW,
+    optimizer_steps: impl Fn(&S) -> usize,
+) -> Result<S> {
+    let state: S = read_json(&dir.join("state.json"))?;
+    params.restore(&load(&dir.join("params.safetensors"))?, dir)?;
+    opt.restore(
+        &load(&dir.join("optim.safetensors"))?,
+        optimizer_steps(&state),
+    )?;
+    Ok(state)
 }
 
 pub(crate) fn latest_snapshot(snaps: &Path) -> Result<Option<(usize, PathBuf)>> {

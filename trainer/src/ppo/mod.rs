@@ -44,7 +44,7 @@ use crate::reward::{
 };
 use crate::run::{
     export_head, latest_snapshot, load, non_finite, prepare_out, prepare_run_dir, progress_bar,
-    read_json, save, snapshot, truncate_metrics, write_atomic, Start,
+    restore, save, snapshot, truncate_metrics, write_atomic, Start,
 };
 use crate::{Result, TrainError};
 
@@ -326,14 +326,9 @@ pub fn train(
     let mut resumed_from = None;
     if start == Start::Resume {
         if let Some((step, dir)) = latest_snapshot(&snaps)? {
-            let saved: PpoState = read_json(&dir.join("state.json"))?;
-            policy
-                .params()
-                .restore(&load(&dir.join("params.safetensors"))?, &dir)?;
-            opt.restore(
-                &load(&dir.join("optim.safetensors"))?,
-                saved.optimizer_steps,
-            )?;
+            let saved: PpoState = restore(&dir, policy.params(), &mut opt, |s: &PpoState| {
+                s.optimizer_steps
+            })?;
             state = PpoState { total, ..saved };
             resumed_from = Some(step);
             truncate_metrics(&metrics_path, step)?;
