@@ -112,6 +112,14 @@ fn run_ppo(args: PpoArgs) -> anyhow::Result<ExitCode> {
         start_of(args.resume, args.restart),
         progress,
     )?;
+    if s.resumed_from == Some(s.steps) {
+        println!(
+            "ppo: the run had already finished at step {}; nothing to resume (checkpoint: {})",
+            s.steps,
+            cfg.out.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let resumed = resumed_note(s.resumed_from);
     println!(
         "ppo: {} steps{resumed}, {} reward {:.4} -> {:.4}, KL {:.3}, {} steps skipped, {:.0} s",

@@ -127,6 +127,22 @@ pub struct EncoderSettings {
     pub target: TargetChoice,
 }
 
+/// A TOML error in one line, with the line it points at: `origin: line N: message`
+/// (toml's own rendering spans several lines; its message alone lacks the place).
+pub(crate) fn toml_error(e: &toml::de::Error, text: &str, origin: &str) -> String {
+    let line = e
+        .span()
+        .map(|s| {
+            format!(
+                " line {}:",
+                text.get(..s.start).unwrap_or(text).matches('\n').count() + 1
+            )
+        })
+        .unwrap_or_default();
+    let msg = e.message().lines().next().unwrap_or("").trim();
+    format!("{origin}:{line} {msg}")
+}
+
 /// `a/b/../c` -> `a/c`, without touching the file system (the output may not exist yet).
 fn tidy(p: &Path) -> PathBuf {
     use std::path::Component;
@@ -150,7 +166,7 @@ impl TrainConfig {
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
         let mut cfg: TrainConfig = toml::from_str(&text)
-            .map_err(|e| TrainError::Config(format!("{}: {}", path.display(), e.message())))?;
+            .map_err(|e| TrainError::Config(toml_error(&e, &text, &path.display().to_string())))?;
         let dir = path.parent().unwrap_or(Path::new("."));
         cfg.rebase(dir);
         cfg.validate()
@@ -215,6 +231,15 @@ impl TrainConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_type_error_names_its_line() {
+        let text = "base = \"b\"\nout = \"o\"\ntrain = [\"t\"]\n[ppo]\nepochs = \"two\"\n";
+        let e = toml::from_str::<TrainConfig>(text).unwrap_err();
+        let line = toml_error(&e, text, "c.toml");
+        assert!(line.starts_with("c.toml: line 5:"), "{line}");
+        assert!(!line.contains('\n'), "{line}");
+    }
 
     #[test]
     fn paths_are_relative_to_the_config_and_tidied() {

@@ -1017,6 +1017,8 @@ pub fn evaluate_images(opts: &ImagesEvalOptions, store: &ModelStore) -> Result<I
         reports.push(report);
     }
     bar.finish_and_clear();
+    render_tally.check_final()?;
+    score_tally.check_final()?;
 
     let weights = pref.weights();
     let scorers = pref
@@ -1138,7 +1140,7 @@ pub fn markdown(report: &ImagesReport) -> String {
         }
     }
     md.push_str(&format!(
-        "\n## Against {}\n\nPer prompt: system minus {} (same prompts, same seeds). 95% paired bootstrap interval ({} resamples); paired t-test, two-sided.\n\n| system | scorer | prompts | difference | 95% interval | t | dof | p |\n|---|---|---:|---:|---|---:|---:|---:|\n",
+        "\n## Against {}\n\nPer prompt: system minus {} (same prompts, same seeds). 95% paired bootstrap interval ({} resamples), * where it leaves out 0; paired t-test, two-sided (the two can disagree near the edge: the bootstrap makes no normality assumption).\n\n| system | scorer | prompts | difference | 95% interval | t | dof | p |\n|---|---|---:|---:|---|---:|---:|---:|\n",
         report.reference, report.reference, report.resamples
     ));
     for c in &report.comparisons {

@@ -230,19 +230,8 @@ impl ImagesConfig {
     /// Parses the `[images]` table of `text` (`origin` names it in errors) and checks it
     /// ([`ImagesConfig::validate`]). Errors are one line: `origin: line N: message`.
     pub fn from_toml(text: &str, origin: &str) -> Result<Self> {
-        let file: File = toml::from_str(text).map_err(|e| {
-            let line = e
-                .span()
-                .map(|s| {
-                    format!(
-                        " line {}:",
-                        text.get(..s.start).unwrap_or(text).matches('\n').count() + 1
-                    )
-                })
-                .unwrap_or_default();
-            let msg = e.message().lines().next().unwrap_or("").trim();
-            PreferenceError::Config(format!("{origin}:{line} {msg}"))
-        })?;
+        let file: File = toml::from_str(text)
+            .map_err(|e| PreferenceError::Config(crate::config::toml_error(&e, text, origin)))?;
         let cfg = file
             .images
             .ok_or_else(|| PreferenceError::Config(format!("{origin}: no [images] table")))?;

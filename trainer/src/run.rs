@@ -392,6 +392,14 @@ pub(crate) fn non_finite(
 /// Prepares the output checkpoint: copies `base` (manifest and trained parts) into `out`
 /// unless `out` already holds a checkpoint, and returns it.
 pub fn prepare_out(base: &Checkpoint, out: &Path) -> Result<Checkpoint> {
+    if let (Ok(a), Ok(b)) = (fs::canonicalize(&base.dir), fs::canonicalize(out)) {
+        if a == b {
+            return Err(TrainError::Config(format!(
+                "out is the base checkpoint ({}): training would overwrite it; choose another out",
+                out.display()
+            )));
+        }
+    }
     if out.join(MANIFEST).is_file() {
         return Ok(Checkpoint::open(out)?);
     }

@@ -74,9 +74,19 @@ impl FailureTally {
         (self.failed, self.seen)
     }
 
-    /// Whether the run may go on.
+    /// Whether the run may go on (not judged before `min_samples` samples).
     pub fn check(&self) -> Result<(), TooManyFailures> {
-        if self.seen == 0 || self.seen < self.min_samples {
+        self.check_over(self.min_samples)
+    }
+
+    /// Whether the finished run kept enough: the same rule over every sample seen, however
+    /// few (a short run whose every sample failed is a failure, not an empty report).
+    pub fn check_final(&self) -> Result<(), TooManyFailures> {
+        self.check_over(1)
+    }
+
+    fn check_over(&self, min_samples: usize) -> Result<(), TooManyFailures> {
+        if self.seen == 0 || self.seen < min_samples {
             return Ok(());
         }
         let share = self.failed as f64 / self.seen as f64;
@@ -110,6 +120,7 @@ mod tests {
         let mut t = FailureTally::new("render", 0.25, 4);
         t.fail("timeout", "http://a: no answer within 1.0 s");
         assert!(t.check().is_ok(), "fewer than min_samples");
+        assert!(t.check_final().is_err(), "at the end every sample counts");
         t.ok(3);
         assert!(t.check().is_ok(), "1 of 4 is 25%");
         t.fail("timeout", "x");

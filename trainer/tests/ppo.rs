@@ -475,3 +475,35 @@ fn every_example_training_config_parses() {
     }
     assert!(seen >= 8, "{seen} configs");
 }
+
+#[test]
+fn a_new_run_starts_from_the_base_not_from_what_an_earlier_run_left() {
+    let f = Fixture::new();
+    let cfg = f.config(
+        "out",
+        "[run]\nsteps = 2\nbatch_size = 4\n[optim]\nlr = 1e-2\n[ppo]\nepochs = 1\nmax_new_tokens = 4\n",
+    );
+    let head = || std::fs::read(f.path("out/head.safetensors")).unwrap();
+    // A reward that varies between samples, so every step moves the encoder.
+    let mut reward = Contains { piece: "e".into() };
+    ppo::train(&cfg, &f.store, &mut reward, Start::Fresh, false).unwrap();
+    let first = head();
+    assert!(first != std::fs::read(f.path("base/head.safetensors")).unwrap_or_default());
+    // A finished run is history: a fresh run replaces it, from the same base.
+    ppo::train(&cfg, &f.store, &mut reward, Start::Fresh, false).unwrap();
+    assert!(
+        head() == first,
+        "the second run trained on top of the first"
+    );
+    ppo::train(&cfg, &f.store, &mut reward, Start::Restart, false).unwrap();
+    assert!(
+        head() == first,
+        "--restart trained on top of the earlier run"
+    );
+    // Training into the base itself would overwrite it.
+    let onto_base = f.config("base", "[run]\nsteps = 1\n");
+    let e = ppo::train(&onto_base, &f.store, &mut reward, Start::Fresh, false)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("out is the base checkpoint"), "{e}");
+}

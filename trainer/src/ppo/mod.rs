@@ -290,6 +290,17 @@ pub fn train(
     });
     let total = total.max(1);
     prepare_run_dir(&run_dir, &snaps, RUN_NAME, start, total)?;
+    // Unless it continues a snapshot, a run starts from the base's encoder (its policy and
+    // its KL reference), not from what an earlier run left in `out`.
+    if !(start == Start::Resume && latest_snapshot(&snaps)?.is_some()) {
+        let from = base.file(&base.manifest.head.weights);
+        let to = out.file(&out.manifest.head.weights);
+        if from.is_file() {
+            fs::copy(&from, &to).map_err(|e| TrainError::io(&to, e))?;
+        } else if to.is_file() {
+            fs::remove_file(&to).map_err(|e| TrainError::io(&to, e))?;
+        }
+    }
 
     let m = &out.manifest;
     let system = s.system.clone().unwrap_or_else(|| m.default_system.clone());
